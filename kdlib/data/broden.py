@@ -1,0 +1,512 @@
+"""The Broden on-disk format (Bau et al. 2017): reader for any Broden-format dataset, and a writer.
+
+A Broden dataset is a folder with
+- ``index.csv``: one row per image; columns ``image, split, ih, iw, sh, sw`` and one column per category.
+  A category cell holds segmentation file names (pixel-level labels) or label numbers (image-level labels,
+  e.g. scene), several joined by ``;``; an empty cell means "no label of this category".
+- ``category.csv``: ``name, first, last, count, frequency`` (one row per category).
+- ``label.csv``: ``number, name, category, frequency, coverage, syns``; ``category`` lists every category
+  the label appears in with its image count, e.g. ``object(120);part(3)``. Label 0 means "unlabelled".
+- ``c_<category>.csv``: ``code, number, name, frequency, coverage``: the category's dense codes.
+- ``images/``: the images and segmentation PNGs named in ``index.csv``; a segmentation pixel's label
+  number is ``R + 256 * G``.
+``frequency`` counts images where a label appears; ``coverage`` sums, over images, the share of the
+image it covers (so it is in units of whole images; an image-level label covers its whole image).
+
+:class:`BrodenDataset` reads the real ``broden1_224`` / ``broden1_227`` as well as the generated probe set.
+Images come back as RGB float tensors at their stored size (resized only when ``image_size`` is given),
+normalised with :mod:`kdlib.data.transforms` (ImageNet mean and std), which is what every kdlib model is
+trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from kdlib.data import transforms
+from kdlib.errors import KdlibError
+
+META_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
+INDEX_FILE = "index.csv"
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation encoding
+# --------------------------------------------------------------------------------------------
+
+
+def encode_segmentation(labels: np.ndarray) -> Image.Image:
+    """Label numbers [H, W] -> RGB PNG image with ``R = n % 256``, ``G = n // 256``, ``B = 0``."""
+    labels = np.asarray(labels)
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= 65536:
+        raise KdlibError(f"segmentation label {int(labels.max())} is out of range; valid: 0..65535")
+    rgb = np.zeros(labels.shape + (3,), dtype=np.uint8)
+    rgb[..., 0] = labels % 256
+    rgb[..., 1] = labels // 256
+    return Image.fromarray(rgb, mode="RGB")
+
+
+def decode_segmentation(image: Image.Image) -> np.ndarray:
+    """RGB segmentation image -> label numbers [H, W] (int64), ``R + 256 * G``."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.int64)
+    return arr[..., 0] + 256 * arr[..., 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
+# --------------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise KdlibError(f"missing {path}; valid: a Broden dataset folder holding {path.name}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise KdlibError(f"{path} lacks column {missing[0]!r}; valid: columns {', '.join(required)}")
+        return list(reader)
+
+
+def _int(value: str, where: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise KdlibError(f"{where} = {value!r} is not valid; valid: an integer") from None
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    image: str
+    split: str
+    ih: int
+    iw: int
+    sh: int
+    sw: int
+    pixel: dict[str, tuple[str, ...]]  # category -> segmentation files
+    scalar: dict[str, tuple[int, ...]]  # category -> image-level label numbers
+
+
+class BrodenDataset(torch.utils.data.Dataset):
+    """A Broden-format dataset.
+
+    ``dataset[i]`` is a dict with
+    - ``image``: float tensor [3, ih, iw] (or [3, image_size, image_size] when ``image_size`` is given),
+      normalised for kdlib models;
+    - ``pixel``: {category: int64 tensor [n, sh, sw]} of label numbers, ``n`` segmentation layers
+      (0 means unlabelled);
+    - ``scalar``: {category: int64 tensor [m]} image-level label numbers (e.g. scenes);
+    - ``index``: ``i``.
+    Only the ``categories`` asked for (default: all, in ``category.csv`` order) are loaded.
+
+    Tables: :attr:`labels` (``label.csv`` as a DataFrame indexed by number), :attr:`category_table`,
+    :attr:`category_codes` ({category: DataFrame of ``c_<category>.csv``}); :attr:`label_names` is a
+    list indexed by label number; :attr:`primary_category` maps each label number to the index (in
+    :attr:`categories`) of the category where it covers the most pixels, or -1 for labels that appear
+    in none of the loaded categories (ties go to the later category, as in NetDissect-Lite).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        categories: Sequence[str] | None = None,
+        image_size: int | None = None,
+        normalize: bool = True,
+        check_files: bool = True,
+    ):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise KdlibError(f"Broden folder {str(self.root)!r} does not exist; valid: a folder holding {INDEX_FILE}")
+        self.image_size = image_size
+        self.normalize = normalize
+        cat_rows = _read_csv(self.root / "category.csv", ["name"])
+        all_categories = [r["name"] for r in cat_rows]
+        if categories is None:
+            categories = all_categories
+        unknown = [c for c in categories if c not in all_categories]
+        if unknown:
+            raise KdlibError(f"category {unknown[0]!r} is not in {self.root / 'category.csv'}; valid: {', '.join(all_categories)}")
+        self.categories: list[str] = [c for c in all_categories if c in set(categories)]
+        self.category_table = pd.DataFrame(cat_rows).set_index("name").loc[self.categories]
+
+        label_rows = _read_csv(self.root / "label.csv", ["number", "name"])
+        numbers = [_int(r["number"], f"{self.root / 'label.csv'}: number") for r in label_rows]
+        self.num_labels = max(numbers, default=0) + 1
+        self.labels = pd.DataFrame(label_rows).assign(number=numbers).set_index("number")
+        names = ["-"] * self.num_labels
+        for n, r in zip(numbers, label_rows):
+            names[n] = r["name"]
+        self.label_names: list[str] = names
+        self.known_label = np.zeros(self.num_labels, dtype=bool)
+        self.known_label[numbers] = True
+        self.known_label[0] = True  # unlabelled
+
+        self.category_codes: dict[str, pd.DataFrame] = {}
+        coverage = np.zeros((len(self.categories), self.num_labels))
+        for ci, cat in enumerate(self.categories):
+            rows = _read_csv(self.root / f"c_{cat}.csv", ["code", "number", "name"])
+            frame = pd.DataFrame(rows)
+            for col in ("code", "number"):
+                frame[col] = [_int(v, f"{self.root / f'c_{cat}.csv'}: {col}") for v in frame[col]]
+            frame["coverage"] = pd.to_numeric(frame.get("coverage", 0.0), errors="coerce").fillna(0.0)
+            self.category_codes[cat] = frame
+            for n, cov in zip(frame["number"], frame["coverage"]):
+                if 0 < n < self.num_labels:
+                    coverage[ci, n] = max(cov, 1e-12)  # present, even with zero coverage
+        present = coverage > 0
+        # argmax over categories with ties going to the later one: flip, argmax, unflip.
+        primary = len(self.categories) - 1 - np.argmax(coverage[::-1], axis=0)
+        primary[~present.any(axis=0)] = -1
+        self.primary_category = torch.as_tensor(primary, dtype=torch.long)
+
+        index_rows = _read_csv(self.root / INDEX_FILE, list(META_COLUMNS))
+        self.rows: list[IndexRow] = [self._decode_row(i, r) for i, r in enumerate(index_rows)]
+        if check_files:
+            self._check_files()
+
+    # -- index decoding ------------------------------------------------------------------------
+
+    def _decode_row(self, i: int, row: Mapping[str, str]) -> IndexRow:
+        where = f"{self.root / INDEX_FILE} row {i + 2}"
+        pixel: dict[str, tuple[str, ...]] = {}
+        scalar: dict[str, tuple[int, ...]] = {}
+        for cat in self.categories:
+            cell = row.get(cat) or ""
+            items = [s for s in cell.split(";") if s]
+            files = tuple(s for s in items if not s.isdigit())
+            nums = tuple(int(s) for s in items if s.isdigit())
+            for n in nums:
+                if n >= self.num_labels or not self.known_label[n]:
+                    raise KdlibError(f"{where}: {cat} label {n} is not in label.csv; valid: numbers listed in label.csv")
+            if files:
+                pixel[cat] = files
+            if nums:
+                scalar[cat] = nums
+        return IndexRow(
+            image=row["image"],
+            split=row["split"],
+            ih=_int(row["ih"], f"{where}: ih"),
+            iw=_int(row["iw"], f"{where}: iw"),
+            sh=_int(row["sh"], f"{where}: sh"),
+            sw=_int(row["sw"], f"{where}: sw"),
+            pixel=pixel,
+            scalar=scalar,
+        )
+
+    def _check_files(self) -> None:
+        images = self.root / "images"
+        for row in self.rows:
+            for name in (row.image, *(f for files in row.pixel.values() for f in files)):
+                if not (images / name).is_file():
+                    raise KdlibError(f"missing file {images / name} (named in {self.root / INDEX_FILE}); valid: an existing image")
+
+    # -- items ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image_path(self, i: int) -> Path:
+        return self.root / "images" / self.rows[i].image
+
+    def load_image(self, i: int) -> Image.Image:
+        """The i-th image as stored (PIL, RGB), for pictures."""
+        path = self.image_path(i)
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise KdlibError(f"corrupt image {path}: {exc.__class__.__name__}; valid: a readable JPEG or PNG") from None
+
+    def load_segmentation(self, i: int, category: str) -> torch.Tensor:
+        """Pixel labels of one category for image i: int64 [n, sh, sw] (n = 0 if none)."""
+        row = self.rows[i]
+        layers = []
+        for name in row.pixel.get(category, ()):
+            path = self.root / "images" / name
+            try:
+                with Image.open(path) as im:
+                    seg = decode_segmentation(im)
+            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+                raise KdlibError(f"corrupt segmentation {path}: {exc.__class__.__name__}; valid: an RGB PNG") from None
+            if seg.shape != (row.sh, row.sw):
+                raise KdlibError(f"segmentation {path} is {seg.shape[0]}x{seg.shape[1]}; valid: {row.sh}x{row.sw} (sh x sw in index.csv)")
+            bad = seg >= self.num_labels
+            if not bad.any():
+                bad = ~self.known_label[seg]
+            if bad.any():
+                raise KdlibError(f"segmentation {path} holds label {int(seg[bad][0])}, which is not in label.csv; valid: numbers listed in label.csv")
+            layers.append(torch.from_numpy(seg))
+        if not layers:
+            return torch.zeros((0, row.sh, row.sw), dtype=torch.long)
+        return torch.stack(layers)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.rows[i]
+        image = self.load_image(i)
+        if self.image_size is not None and image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+        tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        if self.normalize:
+            tensor = transforms.normalize(tensor)
+        return {
+            "image": tensor,
+            "pixel": {cat: self.load_segmentation(i, cat) for cat in row.pixel},
+            "scalar": {cat: torch.tensor(nums, dtype=torch.long) for cat, nums in row.scalar.items()},
+            "index": i,
+        }
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """A content hash of the tables, the categories loaded, the image size and each listed file's size.
+
+        Changes when the data changes; unchanged when the folder is moved or copied."""
+        h = hashlib.sha256()
+        h.update(repr((self.categories, self.image_size, self.normalize)).encode())
+        for name in [INDEX_FILE, "category.csv", "label.csv", *[f"c_{c}.csv" for c in self.categories]]:
+            h.update(name.encode())
+            h.update((self.root / name).read_bytes())
+        images = self.root / "images"
+        for row in self.rows:
+            for name in (row.image, *(f for files in row.pixel.values() for f in files)):
+                h.update(f"{name}:{(images / name).stat().st_size};".encode())
+        return h.hexdigest()[:16]
+
+    def category_of(self, label: int) -> str | None:
+        ci = int(self.primary_category[label])
+        return None if ci < 0 else self.categories[ci]
+
+
+def collate_broden(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Batch Broden items for dissection.
+
+    Returns ``image`` [B, 3, H, W]; ``pixel`` int64 [B, L, sh, sw], every pixel category's layers
+    concatenated and zero-padded to the largest L in the batch; ``scalar`` int64 [B, M] image-level
+    labels, zero-padded; ``index`` [B]. All items must share image and segmentation sizes.
+    """
+    if not items:
+        raise KdlibError("empty batch; valid: at least one Broden item")
+    images = [it["image"] for it in items]
+    if len({tuple(im.shape) for im in images}) > 1:
+        raise KdlibError(
+            f"images of different sizes in one batch ({sorted({tuple(im.shape[1:]) for im in images})}); "
+            "valid: one size (pass image_size= to BrodenDataset)"
+        )
+    pix = [torch.cat(list(it["pixel"].values())) if it["pixel"] else None for it in items]
+    sizes = {tuple(p.shape[1:]) for p in pix if p is not None}
+    if len(sizes) > 1:
+        raise KdlibError(f"segmentations of different sizes in one batch ({sorted(sizes)}); valid: one size per batch")
+    sh, sw = sizes.pop() if sizes else (images[0].shape[1], images[0].shape[2])
+    depth = max((p.shape[0] for p in pix if p is not None), default=0)
+    pixel = torch.zeros((len(items), depth, sh, sw), dtype=torch.long)
+    for b, p in enumerate(pix):
+        if p is not None:
+            pixel[b, : p.shape[0]] = p
+    scal = [torch.cat(list(it["scalar"].values())) if it["scalar"] else torch.zeros(0, dtype=torch.long) for it in items]
+    width = max((s.numel() for s in scal), default=0)
+    scalar = torch.zeros((len(items), width), dtype=torch.long)
+    for b, s in enumerate(scal):
+        scalar[b, : s.numel()] = s
+    return {
+        "image": torch.stack(images),
+        "pixel": pixel,
+        "scalar": scalar,
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Writer
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrittenImage:
+    """What :func:`write_item` wrote for one image: the index.csv row and its label statistics."""
+
+    row: dict[str, str]
+    # (category, label) -> pixels covered in this image (image-level labels: the whole image)
+    pixels: dict[tuple[str, int], int] = field(default_factory=dict)
+    area: int = 1
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def write_item(
+    root: str | os.PathLike,
+    name: str,
+    image: np.ndarray,
+    pixel: Mapping[str, Sequence[np.ndarray]] | None = None,
+    scalar: Mapping[str, Sequence[int]] | None = None,
+    split: str = "train",
+    categories: Sequence[str] = (),
+) -> WrittenImage:
+    """Write one image and its segmentations under ``root/images``; returns its row and label counts.
+
+    ``name`` is the image's path relative to ``images/`` without extension (e.g. ``probe/000123``);
+    segmentation layer k of category c is written as ``<name>_<c>[_k].png``. Pure: safe to call from
+    worker processes, the statistics are merged by :class:`BrodenWriter`.
+    """
+    root = Path(root)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise KdlibError(f"image {name!r} has shape {image.shape} {image.dtype}; valid: uint8 [H, W, 3]")
+    pixel = pixel or {}
+    scalar = scalar or {}
+    ih, iw = image.shape[:2]
+    out = root / "images" / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(_png_bytes(Image.fromarray(image, mode="RGB")))
+    layers = [np.asarray(l) for ls in pixel.values() for l in ls]
+    sh, sw = layers[0].shape if layers else (ih, iw)
+    row = {"image": f"{name}.png", "split": split, "ih": str(ih), "iw": str(iw), "sh": str(sh), "sw": str(sw)}
+    counts: dict[tuple[str, int], int] = {}
+    for cat in categories:
+        cells: list[str] = []
+        for k, layer in enumerate(pixel.get(cat, ())):
+            layer = np.asarray(layer)
+            if layer.shape != (sh, sw):
+                raise KdlibError(f"image {name!r}: {cat} layer {k} is {layer.shape}; valid: {(sh, sw)} like its other layers")
+            suffix = f"_{cat}" if k == 0 else f"_{cat}_{k}"
+            seg_name = f"{name}{suffix}.png"
+            (root / "images" / seg_name).write_bytes(_png_bytes(encode_segmentation(layer)))
+            cells.append(seg_name)
+            hist = np.bincount(layer.ravel().astype(np.int64))
+            for n in np.flatnonzero(hist):
+                if n:
+                    counts[(cat, int(n))] = counts.get((cat, int(n)), 0) + int(hist[n])
+        for n in scalar.get(cat, ()):
+            cells.append(str(int(n)))
+            counts[(cat, int(n))] = counts.get((cat, int(n)), 0) + sh * sw
+        row[cat] = ";".join(cells)
+    return WrittenImage(row=row, pixels=counts, area=sh * sw)
+
+
+class BrodenWriter:
+    """Collects written images and writes the Broden tables.
+
+    ``labels`` lists label names; label number ``i + 1`` is ``labels[i]`` (0 is "unlabelled").
+    ``categories`` fixes the category order (columns of index.csv, rows of category.csv).
+    """
+
+    def __init__(self, root: str | os.PathLike, categories: Sequence[str], labels: Sequence[str]):
+        self.root = Path(root)
+        self.categories = list(categories)
+        self.labels = list(labels)
+        self.rows: list[dict[str, str]] = []
+        n = len(self.labels) + 1
+        self.frequency = {c: np.zeros(n, dtype=np.int64) for c in self.categories}
+        self.coverage = {c: np.zeros(n, dtype=np.float64) for c in self.categories}
+        self.category_images = {c: 0 for c in self.categories}
+
+    def add(self, name: str, image: np.ndarray, pixel=None, scalar=None, split: str = "train") -> None:
+        self.add_written(write_item(self.root, name, image, pixel, scalar, split, self.categories))
+
+    def add_written(self, item: WrittenImage) -> None:
+        self.rows.append(item.row)
+        seen_cats = set()
+        for (cat, n), count in item.pixels.items():
+            if not 0 < n <= len(self.labels):
+                raise KdlibError(f"image {item.row['image']!r}: {cat} label {n} is not defined; valid: 1..{len(self.labels)}")
+            self.frequency[cat][n] += 1
+            self.coverage[cat][n] += count / item.area
+            seen_cats.add(cat)
+        for cat in seen_cats:
+            self.category_images[cat] += 1
+
+    def finish(self) -> pd.DataFrame:
+        """Write index.csv, category.csv, label.csv and c_*.csv; return the label statistics table."""
+        root = self.root
+        root.mkdir(parents=True, exist_ok=True)
+        _write_csv(root / INDEX_FILE, [*META_COLUMNS, *self.categories], self.rows)
+        label_rows, cat_rows = [], []
+        for cat in self.categories:
+            numbers = [n for n in range(1, len(self.labels) + 1) if self.frequency[cat][n] > 0]
+            codes = [
+                {
+                    "code": str(code),
+                    "number": str(n),
+                    "name": self.labels[n - 1],
+                    "frequency": str(int(self.frequency[cat][n])),
+                    "coverage": f"{self.coverage[cat][n]:.6f}",
+                }
+                for code, n in enumerate(numbers, start=1)
+            ]
+            _write_csv(root / f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"], codes)
+            cat_rows.append(
+                {
+                    "name": cat,
+                    "first": "1" if numbers else "0",
+                    "last": str(len(numbers)),
+                    "count": str(len(numbers)),
+                    "frequency": str(self.category_images[cat]),
+                }
+            )
+        for n, name in enumerate(self.labels, start=1):
+            cats = [(c, int(self.frequency[c][n])) for c in self.categories if self.frequency[c][n] > 0]
+            label_rows.append(
+                {
+                    "number": str(n),
+                    "name": name,
+                    "category": ";".join(f"{c}({k})" for c, k in cats),
+                    "frequency": str(sum(k for _, k in cats)),
+                    "coverage": f"{sum(self.coverage[c][n] for c, _ in cats):.6f}",
+                    "syns": "",
+                }
+            )
+        _write_csv(root / "category.csv", ["name", "first", "last", "count", "frequency"], cat_rows)
+        _write_csv(root / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"], label_rows)
+        return label_statistics(self)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+
+
+def label_statistics(writer: BrodenWriter) -> pd.DataFrame:
+    """Per category: how many concepts, and their image frequency and pixel coverage.
+
+    Columns: category, concepts, images (with any label of the category), mean/min/max frequency
+    (share of images in which a concept appears), mean/max coverage (share of all probe pixels a
+    concept covers), as Broden's ``label.csv`` frequency/coverage columns divided by the image count.
+    """
+    n_images = max(len(writer.rows), 1)
+    out = []
+    for cat in writer.categories:
+        freq = writer.frequency[cat][1:]
+        cov = writer.coverage[cat][1:]
+        used = freq > 0
+        f = freq[used] / n_images
+        c = cov[used] / n_images
+        out.append(
+            {
+                "category": cat,
+                "concepts": int(used.sum()),
+                "images": int(writer.category_images[cat]),
+                "frequency_mean": float(f.mean()) if used.any() else 0.0,
+                "frequency_min": float(f.min()) if used.any() else 0.0,
+                "frequency_max": float(f.max()) if used.any() else 0.0,
+                "coverage_mean": float(c.mean()) if used.any() else 0.0,
+                "coverage_max": float(c.max()) if used.any() else 0.0,
+            }
+        )
+    return pd.DataFrame(out)
