@@ -281,15 +281,20 @@ class WorldParams:
 
 @dataclass(frozen=True)
 class OptimizerParams:
+    """``name``: sgd | adam | adamw (kdlib.train.optim). Han et al.: SGD 0.1, momentum 0.9, wd 1e-4 (ImageNet)."""
+
     name: str = "sgd"
     lr: float = knob(0.1, gt=0.0)
-    momentum: float = knob(0.9, ge=0.0, lt=1.0)
+    momentum: float = knob(0.9, ge=0.0, lt=1.0, doc="sgd only")
     weight_decay: float = knob(5e-4, ge=0.0)
     nesterov: bool = False
 
 
 @dataclass(frozen=True)
 class ScheduleParams:
+    """Per-epoch learning-rate factor. ``name``: multistep (x ``gamma`` at each milestone) | cosine | constant;
+    a linear warm-up over ``warmup_epochs`` multiplies any of them."""
+
     name: str = "multistep"
     milestones: list[int] = knob(default_factory=lambda: [30, 60, 90])
     gamma: float = knob(0.1, gt=0.0, le=1.0)
@@ -302,11 +307,14 @@ class TrainParams:
     batch_size: int = knob(128, ge=1)
     optimizer: OptimizerParams = field(default_factory=OptimizerParams)
     schedule: ScheduleParams = field(default_factory=ScheduleParams)
-    augment: bool = True
-    amp: bool = False
+    augment: bool = knob(True, doc="random crop (reflect padding) and horizontal flip")
+    image_size: Optional[int] = knob(None, ge=8, doc="None: the world's image size (required for real data)")
+    amp: bool = knob(False, doc="mixed precision: bfloat16 on CPU, float16 + loss scaling on CUDA")
     channels_last: bool = False
+    deterministic: bool = knob(True, doc="torch.use_deterministic_algorithms (warn only) and no cudnn autotuning")
+    cache_images: bool = knob(True, doc="decode the training images once and keep them in memory")
     num_workers: int = knob(0, ge=0)
-    device: str = "auto"
+    device: str = knob("auto", doc="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,29 @@
+"""Shared fixtures: generated worlds are made once per test session, in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kdlib.data.profiles import PROFILES
+from kdlib.data.world import generate
+
+# Tests run on 2 cores next to each other; keep torch to one thread per process unless asked.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The tiny profile's world (seed 0): 6 classes, 24 px, 48 probe images. Read-only for tests."""
+    return generate(PROFILES["tiny"], tmp_path_factory.mktemp("worlds") / "tiny", seed=0, workers=1)
+
+
+@pytest.fixture(scope="session")
+def default_probe_world(tmp_path_factory):
+    """The default profile's concept world with the full probe set but one image per class and split:
+    what label statistics are computed from, in a few seconds instead of the whole world."""
+    from dataclasses import replace
+
+    params = replace(PROFILES["default"], train_per_class=1, val_per_class=1, test_per_class=1)
+    return generate(params, tmp_path_factory.mktemp("worlds") / "default-probe", seed=0)
