@@ -256,3 +256,17 @@ def test_hierarchy_is_real_a_classifier_confuses_siblings_more_than_cousins(tmp_
     accuracy = (~wrong).float().mean().item()
     assert accuracy > 0.5, f"the classifier learned something ({accuracy:.2f})"
     assert sibling_rate > 2 * cousin_rate, (sibling_rate, cousin_rate)
+
+
+def test_attribute_ceiling_bounds_the_task(tmp_path, default_probe_world):
+    from kdlib.data.ceiling import attribute_ceiling
+
+    base = replace(TINY, train_per_class=1, val_per_class=1, test_per_class=150, probe_images=8, scenes=24)
+    exact = generate(replace(base, attribute_fidelity=1.0, colour_fidelity=1.0), tmp_path / "exact", seed=0)
+    assert attribute_ceiling(exact) == 1.0, "own attributes always shown: the class is certain"
+    # own attribute with probability 1/n, each sibling's with (1 - 1/n)/(n - 1) = 1/n: attributes say
+    # nothing, colour and scene are uniform; only the shape informs: 1 / subclasses, up to sampling noise
+    uninformative = dict(attribute_fidelity=1 / TINY.subclasses, colour_fidelity=0.0, context_bias=0.0)
+    blind = generate(replace(base, **uninformative), tmp_path / "blind", seed=0)
+    assert abs(attribute_ceiling(blind) - 1 / TINY.subclasses) < 0.1
+    assert 0.75 < attribute_ceiling(default_probe_world, "probe") < 0.97, "the default task does not saturate"
