@@ -1,0 +1,173 @@
+"""Two slow reference implementations of Network Dissection, written from the definition
+(see ``kdlib/dissect/engine.py``), to check the engine against and to time it against.
+
+* :func:`naive`: the seed's structure: dump every activation, one ``torch.quantile`` per unit, then
+  Python loops over units, images, segmentation layers and the labels present, one IoU term at a time.
+* :func:`per_image`: NetDissect-Lite's structure: dump every activation, quantiles, then a Python loop
+  over images; within it a loop over units that resizes each unit's map on its own when its maximum
+  passes the threshold, and counts labels under the mask with ``bincount``.
+
+Both return a :class:`Counts` with the same fields as a :class:`~kdlib.dissect.result.LayerResult`'s
+raw counts, and their own IoU (computed here, not by kdlib).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from kdlib.data.broden import collate_broden
+from kdlib.dissect.nethook import capture_layers
+
+
+@dataclass
+class Counts:
+    thresholds: torch.Tensor  # [U]
+    intersection: torch.Tensor  # [U, L]
+    activation_cat: torch.Tensor  # [U, C]
+    truth: torch.Tensor  # [L]
+    label_category: torch.Tensor  # [L]
+
+    @property
+    def iou(self) -> torch.Tensor:
+        U, L = self.intersection.shape
+        out = torch.zeros((U, L), dtype=torch.float64)
+        for l in range(1, L):
+            c = int(self.label_category[l])
+            if c < 0:
+                continue
+            inter = self.intersection[:, l].double()
+            union = self.activation_cat[:, c].double() + float(self.truth[l]) - inter
+            out[:, l] = torch.where(union > 0, inter / union.clamp(min=1e-300), torch.zeros_like(union))
+        return out
+
+    def detector_units(self, iou_threshold: float) -> set[int]:
+        iou = self.iou[:, self.label_category >= 0]
+        return {u for u in range(iou.shape[0]) if iou.shape[1] and float(iou[u].max()) > iou_threshold}
+
+
+def dump_activations(model, dataset, layer: str, batch_size: int = 64) -> torch.Tensor:
+    """Every probe image's activations of ``layer``: [N, U, h, w] (the full dump the engine avoids)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_broden)
+    chunks = []
+    model.eval()
+    with torch.no_grad(), capture_layers(model, [layer], clone=True) as captured:
+        for batch in loader:
+            model(batch["image"])
+            chunks.append(captured[layer].float())
+    return torch.cat(chunks)
+
+
+def _label_category(dataset) -> torch.Tensor:
+    cat = dataset.primary_category.clone().long()
+    cat[0] = -1
+    return cat
+
+
+def _upsample(fmap: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(fmap[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def naive(model, dataset, layer: str, quantile: float, batch_size: int = 64) -> Counts:
+    acts = dump_activations(model, dataset, layer, batch_size)
+    thresholds = torch.stack([torch.quantile(acts[:, u].reshape(-1), 1.0 - quantile) for u in range(acts.shape[1])])
+    return naive_tally(acts, thresholds, dataset)
+
+
+def naive_tally(acts: torch.Tensor, thresholds: torch.Tensor, dataset) -> Counts:
+    """The seed's loops: for each unit, each image, each segmentation layer, each label present."""
+    N, U = acts.shape[:2]
+    L, C = dataset.num_labels, len(dataset.categories)
+    label_category = _label_category(dataset)
+    items = [dataset[i] for i in range(N)]
+    truth = torch.zeros(L, dtype=torch.long)
+    for i, item in enumerate(items):
+        sh, sw = dataset.rows[i].sh, dataset.rows[i].sw
+        for segs in item["pixel"].values():
+            for seg in segs:
+                for label in seg.unique().tolist():
+                    if label:
+                        truth[label] += int((seg == label).sum())
+        for labels in item["scalar"].values():
+            for label in labels.tolist():
+                if label:
+                    truth[label] += sh * sw
+    inter = torch.zeros((U, L), dtype=torch.long)
+    act_cat = torch.zeros((U, C), dtype=torch.long)
+    for u in range(U):
+        for i, item in enumerate(items):
+            size = (dataset.rows[i].sh, dataset.rows[i].sw)
+            mask = _upsample(acts[i, u], size) > thresholds[u]
+            area = int(mask.sum())
+            touched: set[int] = set()
+            for segs in item["pixel"].values():
+                for seg in segs:
+                    for label in seg.unique().tolist():
+                        if label == 0:
+                            continue
+                        both = int((mask & (seg == label)).sum())
+                        inter[u, label] += both
+                        if both > 0 and label_category[label] >= 0:
+                            touched.add(int(label_category[label]))
+            for labels in item["scalar"].values():
+                for label in labels.tolist():
+                    if label == 0:
+                        continue
+                    inter[u, label] += area
+                    if label_category[label] >= 0:
+                        touched.add(int(label_category[label]))
+            for c in touched:
+                act_cat[u, c] += area
+    return Counts(thresholds, inter, act_cat, truth, label_category)
+
+
+def per_image(model, dataset, layer: str, quantile: float, batch_size: int = 64) -> Counts:
+    acts = dump_activations(model, dataset, layer, batch_size)
+    thresholds = torch.quantile(acts.transpose(0, 1).reshape(acts.shape[1], -1), 1.0 - quantile, dim=1)
+    return per_image_tally(acts, thresholds, dataset)
+
+
+def per_image_tally(acts: torch.Tensor, thresholds: torch.Tensor, dataset) -> Counts:
+    """NetDissect-Lite's tally loop: per image, per unit whose map passes the threshold."""
+    N, U = acts.shape[:2]
+    L, C = dataset.num_labels, len(dataset.categories)
+    label_category = _label_category(dataset)
+    labelcat = torch.zeros((L, C), dtype=torch.long)  # one-hot of the primary category (correctly)
+    known = label_category >= 0
+    labelcat[torch.arange(L)[known], label_category[known]] = 1
+    maxima = acts.amax(dim=(2, 3))
+    inter = torch.zeros((U, L), dtype=torch.long)
+    act_cat = torch.zeros((U, C), dtype=torch.long)
+    truth = torch.zeros(L, dtype=torch.long)
+    for i in range(N):
+        item = dataset[i]
+        sh, sw = dataset.rows[i].sh, dataset.rows[i].sw
+        pixels = torch.cat(list(item["pixel"].values())) if item["pixel"] else None
+        scalars = [l for labels in item["scalar"].values() for l in labels.tolist()]
+        if pixels is not None:
+            counts = torch.bincount(pixels.reshape(-1), minlength=L)
+            counts[0] = 0
+            truth += counts
+        for s in scalars:
+            if s:
+                truth[s] += sh * sw
+        for u in range(U):
+            if maxima[i, u] <= thresholds[u]:
+                continue
+            ys, xs = (_upsample(acts[i, u], (sh, sw)) > thresholds[u]).nonzero(as_tuple=True)
+            area = ys.numel()
+            cat_hits = torch.zeros(C, dtype=torch.long)
+            if pixels is not None:
+                both = torch.bincount(pixels[:, ys, xs].reshape(-1), minlength=L)
+                both[0] = 0
+                inter[u] += both
+                cat_hits += both @ labelcat
+            for s in scalars:
+                if s:
+                    inter[u, s] += area
+                    cat_hits += labelcat[s]
+            act_cat[u] += area * (cat_hits > 0).long()
+    return Counts(thresholds, inter, act_cat, truth, label_category)
