@@ -95,16 +95,9 @@ def test_detector_bar_chart_counts(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """The tiny concept world when the generator is there, else a writer-built probe set."""
-    out = tmp_path_factory.mktemp("world")
-    try:
-        from kdlib.data.profiles import PROFILES
-        from kdlib.data.world import generate
-    except ImportError:
-        random_broden(out / "broden", n=24, size=24)
-        return out
-    return generate(PROFILES["tiny"], out / "tiny", seed=0, workers=1)
+def world(tiny_world):
+    """The tiny concept world (tests/conftest.py), a generated world folder holding broden/."""
+    return tiny_world
 
 
 def test_cli_dissects_a_random_network(world, tmp_path, capsys):
@@ -143,7 +136,7 @@ def test_cli_loads_a_checkpoint(world, tmp_path):
     assert main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--layers", "layer3", "--data", str(world), "--out", str(out), "--no-progress", "--strips", "detectors"]) == 0
     info = json.loads((out / "dissect.json").read_text())
     assert info["source"]["model"] == "resnet8" and info["source"]["epoch"] == 2
-    direct = dissect(net, BrodenDataset(world / "broden" if (world / "broden").is_dir() else world), layers=["layer3"], progress=False)
+    direct = dissect(net, BrodenDataset(world / "broden"), layers=["layer3"], progress=False)
     assert np.allclose(np.load(out / "thresholds_layer3.npy"), direct["layer3"].thresholds.numpy())
 
 
