@@ -141,6 +141,18 @@ def test_engine_agrees_with_naive_and_per_image(probe, layer, quantile):
     assert got.meta["pairs_upsampled"] < got.meta["pairs_seen"]  # some pairs were skipped
 
 
+def test_a_subset_of_categories(probe):
+    subset = BrodenDataset(probe.root, categories=["scene", "object"])
+    model = SmallNet(seed=1)
+    got = dissect(model, subset, layers=["layer1"], quantile=0.02, progress=False)["layer1"]
+    want = ref.per_image(model, subset, "layer1", 0.02)
+    assert torch.equal(got.intersection, want.intersection) and torch.equal(got.activation_cat, want.activation_cat)
+    assert torch.allclose(got.iou, want.iou, atol=1e-12)
+    assert [c for c in got.tally.columns if c.endswith("-iou")] == ["object-iou", "scene-iou"]
+    outside = subset.primary_category < 0
+    assert outside[1:].any() and got.iou[:, outside].abs().max() == 0
+
+
 def test_batch_size_does_not_change_the_answer(probe):
     model = SmallNet(seed=2)
     a = dissect(model, probe, layers=["layer2"], quantile=0.03, batch_size=4, progress=False, examples=3)["layer2"]

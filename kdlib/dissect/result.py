@@ -75,10 +75,12 @@ class LayerResult:
 
     @property
     def iou(self) -> torch.Tensor:
-        """Dataset-level IoU [units, labels] (float64); column 0 (unlabelled) is 0."""
+        """Dataset-level IoU [units, labels] (float64); 0 for label 0 (unlabelled) and for labels in none
+        of the dissected categories."""
         cached = getattr(self, "_iou", None)
         if cached is None:
             cached = iou_from_counts(self.intersection, self.activation, self.truth)
+            cached[:, self.label_category < 0] = 0
             self._iou = cached
         return cached
 
