@@ -214,3 +214,25 @@ def test_segmentation_of_wrong_size(tmp_path):
     Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(tmp_path / "images" / "img" / "000_color.png")
     with pytest.raises(KdlibError, match="000_color.png is 3x3; valid: 6x5"):
         BrodenDataset(tmp_path)[0]
+
+
+def test_category_with_no_labels_reads_as_empty(tmp_path):
+    _hand_made(tmp_path)
+    (tmp_path / "c_part.csv").write_text("code,number,name,frequency,coverage\n")
+    ds = BrodenDataset(tmp_path)
+    assert ds.category_codes["part"].empty
+    assert ds.category_of(5) is None  # "cap" is in no loaded category any more
+
+
+def test_fingerprint_names_a_missing_file(tmp_path):
+    _hand_made(tmp_path)
+    ds = BrodenDataset(tmp_path, check_files=False)
+    (tmp_path / "images" / "img" / "001.png").unlink()
+    with pytest.raises(KdlibError, match="missing file .*001.png"):
+        ds.fingerprint()
+
+
+def test_image_tensor_is_the_items_image(tmp_path):
+    _hand_made(tmp_path)
+    ds = BrodenDataset(tmp_path, image_size=16)
+    assert torch.equal(ds.image_tensor(2), ds[2]["image"])

@@ -137,7 +137,7 @@ class BrodenDataset(torch.utils.data.Dataset):
         coverage = np.zeros((len(self.categories), self.num_labels))
         for ci, cat in enumerate(self.categories):
             rows = _read_csv(self.root / f"c_{cat}.csv", ["code", "number", "name"])
-            frame = pd.DataFrame(rows)
+            frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["code", "number", "name", "frequency", "coverage"])
             for col in ("code", "number"):
                 frame[col] = [_int(v, f"{self.root / f'c_{cat}.csv'}: {col}") for v in frame[col]]
             frame["coverage"] = pd.to_numeric(frame.get("coverage", 0.0), errors="coerce").fillna(0.0)
@@ -232,16 +232,18 @@ class BrodenDataset(torch.utils.data.Dataset):
             return torch.zeros((0, row.sh, row.sw), dtype=torch.long)
         return torch.stack(layers)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.rows[i]
+    def image_tensor(self, i: int) -> torch.Tensor:
+        """The i-th image as the model sees it: float [3, H, W], resized if asked, normalised if asked."""
         image = self.load_image(i)
         if self.image_size is not None and image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
         tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-        if self.normalize:
-            tensor = transforms.normalize(tensor)
+        return transforms.normalize(tensor) if self.normalize else tensor
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.rows[i]
         return {
-            "image": tensor,
+            "image": self.image_tensor(i),
             "pixel": {cat: self.load_segmentation(i, cat) for cat in row.pixel},
             "scalar": {cat: torch.tensor(nums, dtype=torch.long) for cat, nums in row.scalar.items()},
             "index": i,
@@ -261,7 +263,11 @@ class BrodenDataset(torch.utils.data.Dataset):
         images = self.root / "images"
         for row in self.rows:
             for name in (row.image, *(f for files in row.pixel.values() for f in files)):
-                h.update(f"{name}:{(images / name).stat().st_size};".encode())
+                try:
+                    size = (images / name).stat().st_size
+                except OSError:
+                    raise KdlibError(f"missing file {images / name} (named in {self.root / INDEX_FILE}); valid: an existing image") from None
+                h.update(f"{name}:{size};".encode())
         return h.hexdigest()[:16]
 
     def category_of(self, label: int) -> str | None:
