@@ -309,8 +309,9 @@ class TrainParams:
     schedule: ScheduleParams = field(default_factory=ScheduleParams)
     augment: bool = knob(True, doc="random crop (reflect padding) and horizontal flip")
     image_size: Optional[int] = knob(None, ge=8, doc="None: the world's image size (required for real data)")
-    amp: bool = knob(False, doc="mixed precision: bfloat16 on CPU, float16 + loss scaling on CUDA")
-    channels_last: bool = False
+    amp: bool = knob(False, doc="student in mixed precision: bfloat16 on CPU, float16 + loss scaling on CUDA")
+    channels_last: bool = knob(False, doc="student in channels_last memory format")
+    teacher_amp: bool = knob(False, doc="teacher forward in bfloat16 (CPU) / float16 (CUDA): soft targets change by rounding")
     deterministic: bool = knob(True, doc="torch.use_deterministic_algorithms (warn only) and no cudnn autotuning")
     cache_images: bool = knob(True, doc="decode the training images once and keep them in memory")
     num_workers: int = knob(0, ge=0)

@@ -1,0 +1,370 @@
+"""Train one run of a study: ``fit(study, "kd") -> RunResult``.
+
+Run folder ``<out>/<run name>/`` (``<out>`` defaults to ``<output_root>/<params file stem>``)::
+
+    params.yaml     the resolved params the run was made from (run, merged train section, seed, data, teacher)
+    checkpoint.pt   the latest completed epoch: weights, optimizer, scheduler, RNG, sampler, history
+                    (atomic; epoch 0 = after any pre-training stages, before the first epoch)
+    metrics.csv     one row per epoch: lr, total and per-term loss, train/val loss and accuracy, seconds
+    done            written last: the RunResult as JSON (its ``epoch`` is the epoch whose weights are kept:
+                    always the last one; no best-epoch selection)
+
+The teacher of a distillation run (``teacher: {run: NAME}``, a finished run of the same study, or
+``teacher: {checkpoint: PATH}``, any kdlib checkpoint with the same classes) is frozen: eval mode,
+``requires_grad`` off, forward under ``no_grad``; its BatchNorms are folded into the convolutions
+(:mod:`kdlib.models.inference`), it runs channels_last on the CPU, and in bfloat16/float16 with
+``train.teacher_amp``. Pre-training stages of loss terms (FT's paraphraser, SSKD's teacher head, a
+FitNets hint stage) run before epoch 1 and are part of checkpoint 0.
+
+Determinism: the study seed drives initialisation (``derive(seed, "init")``, see
+:func:`initial_network`) and, for every epoch, the
+data order, augmentation and loss randomness (``derive(seed, "epoch", e)``), so the same params and seed
+on the same machine give identical weights, and a run killed at any point resumes from its last
+checkpoint to the same final weights. Resuming checks that the folder's checkpoint was made from the
+same params; a finished run (``done`` present) is returned without retraining.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from kdlib import atomic
+from kdlib.errors import KdlibError
+from kdlib.losses import SetupContext, Stage, build_objective
+from kdlib.models import build
+from kdlib.models.inference import fold_batchnorm
+from kdlib.params import RunParams, StudyParams, TrainParams, to_dict
+from kdlib.train import checkpoint
+from kdlib.train.check import check_study
+from kdlib.train.data import eval_loader, load_splits, train_loader
+from kdlib.train.optim import build_optimizer, build_scheduler, check_names
+from kdlib.train.seeding import derive, deterministic, rng_state, seed_everything, set_rng_state
+from kdlib.train.step import Forwarder, evaluate
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_dir: str
+    checkpoint: str
+    epoch: int  # the epoch whose weights the checkpoint holds: the last one
+    train_acc: float
+    val_acc: float
+    test_acc: Optional[float]
+    seconds: float  # training time of all epochs, summed over sessions
+    resumed_from: Optional[int] = None  # epoch this session resumed from (None: fresh, or already done)
+
+
+def output_dir(study: StudyParams, out: Optional[str] = None) -> Path:
+    """Where a study's run folders go: ``out``, else ``<output_root>/<params file stem>``."""
+    if out is not None:
+        return Path(out)
+    stem = Path(study.source).stem if study.source.endswith((".yaml", ".yml")) else "study"
+    return Path(study.output_root) / stem
+
+
+def run_dir(study: StudyParams, name: str, out: Optional[str] = None) -> Path:
+    return output_dir(study, out) / name
+
+
+def pick_device(spec: str, where: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise KdlibError(f"{where}.train.device = {spec!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KdlibError(f"{where}.train.device = {spec!r} but CUDA is not available; valid: auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise KdlibError(f"{where}.train.device = {spec!r} is not supported; valid: auto, cpu, cuda, cuda:N")
+    return device
+
+
+def initial_network(study: StudyParams, run: RunParams | str, num_classes: int) -> torch.nn.Module:
+    """The untrained network ``fit`` starts ``run`` from (torch seeded with ``derive(seed, "init")``); the
+    random-weight baseline of a dissection. The caller's RNG state is left as it was."""
+    run = study.run(run) if isinstance(run, str) else run
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive(study.seed, "init"))
+        return build(run.model, num_classes, **run.model_kwargs)
+
+
+def teacher_channels_last(device: torch.device, train: TrainParams) -> bool:
+    """The frozen teacher runs channels_last on the CPU (faster for oneDNN convolutions, same values) and
+    wherever the student does."""
+    return device.type == "cpu" or train.channels_last
+
+
+def teacher_path(study: StudyParams, run: RunParams, out: Optional[str] = None) -> Optional[Path]:
+    """The checkpoint a run distils from: a finished run of this study, or any checkpoint path."""
+    ref = run.teacher
+    if ref is None:
+        return None
+    if ref.checkpoint is not None:
+        return Path(ref.checkpoint)
+    folder = run_dir(study, ref.run, out)
+    if not (folder / "done").is_file():
+        raise KdlibError(
+            f"{study.source}: {run.name}.teacher.run = {ref.run!r} has not finished ({folder} has no done marker); "
+            f"valid: train it first: python -m kdlib.train {study.source} --run {ref.run}"
+        )
+    return folder / "checkpoint.pt"
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _plain(obj):
+    return json.loads(json.dumps(obj))
+
+
+def identity(study: StudyParams, run: RunParams, train: TrainParams, teacher_state: Optional[dict]) -> dict:
+    """The params a run's weights depend on (not the device): what a checkpoint records and resume compares."""
+    train_dict = to_dict(train)
+    train_dict.pop("device")
+    if study.data.imagefolder is not None:
+        data = {"imagefolder": str(Path(study.data.imagefolder).resolve())}
+    else:
+        data = {"world": to_dict(study.world), "world_seed": study.world_seed}
+    teacher = None
+    if teacher_state is not None:
+        teacher = {"model": teacher_state["model"]["name"], "epoch": teacher_state["epoch"], "params": _digest(teacher_state["identity"])}
+    return _plain({"run": to_dict(run), "train": train_dict, "seed": study.seed, "data": data, "teacher": teacher})
+
+
+def first_difference(a, b, path: str = "") -> Optional[str]:
+    """``"train.epochs: 2 != 3"`` for the first key where two plain-data trees differ, else None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            diff = first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+            if diff:
+                return diff
+        return None
+    return None if a == b else f"{path}: {json.dumps(a)} != {json.dumps(b)}"
+
+
+class Stepper:
+    """Backward and optimizer step, with loss scaling for float16 AMP on CUDA."""
+
+    def __init__(self, optimizer, amp: bool, device: torch.device):
+        self.optimizer = optimizer
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+def _finite(loss: torch.Tensor, where: str, epoch: int, step: int, kept: Path, kept_epoch: Optional[int]) -> None:
+    if not torch.isfinite(loss).item():
+        keep = f"the last good checkpoint (epoch {kept_epoch}) is kept at {kept}" if kept_epoch is not None else "no checkpoint was written"
+        raise KdlibError(
+            f"{where}: loss is {loss.item()} at epoch {epoch}, step {step}; stopped, {keep}; "
+            "valid: a finite loss (lower the learning rate or a loss weight)"
+        )
+
+
+def run_stage(stage: Stage, student, teacher, splits, train: TrainParams, seed: int, device, where: str,
+              kept: Path, progress: bool) -> None:
+    """Run one pre-training stage of a loss term (see :class:`kdlib.losses.Stage`)."""
+    before = [p.requires_grad for p in stage.params]
+    for p in stage.params:
+        p.requires_grad_(True)
+    try:
+        optimizer = build_optimizer(stage.params, stage.optimizer, f"{where}: stage {stage.name}")
+        stepper = Stepper(optimizer, train.amp, device)
+        student.eval()
+        for module in stage.train_modules:
+            module.train()
+        fw = Forwarder(student if stage.uses_student else None, teacher, stage.student_layers, stage.teacher_layers,
+                       stage.views, device, train.amp, train.channels_last, train.teacher_amp,
+                       teacher_channels_last(device, train))
+        with fw:
+            for epoch in range(1, stage.epochs + 1):
+                lr = stage.optimizer["lr"] * 0.1 ** sum(epoch > m for m in stage.milestones)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                seed_everything(derive(seed, stage.name, epoch))
+                loader = train_loader(splits.train, train.batch_size, derive(seed, stage.name, "order", epoch),
+                                      train.num_workers, device.type == "cuda")
+                bar = tqdm(loader, desc=f"{where} {stage.name} {epoch}/{stage.epochs}", disable=not progress, leave=False)
+                for step, (images, targets, indices) in enumerate(bar):
+                    io = fw(images, targets, indices, epoch=epoch, step=step)
+                    loss = stage.loss(io)
+                    _finite(loss, f"{where}: stage {stage.name}", epoch, step, kept, None)
+                    stepper(loss)
+                    bar.set_postfix(loss=f"{loss.item():.4g}")
+    finally:
+        for p, flag in zip(stage.params, before):
+            p.requires_grad_(flag)
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic.write_text(path, buffer.getvalue())
+
+
+def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, progress: bool = True) -> RunResult:
+    """Train (or resume, or return the finished) run ``run`` of ``study``; see the module docstring."""
+    run = study.run(run) if isinstance(run, str) else run
+    train = study.train_for(run)
+    where = f"{study.source}: {run.name}"
+    check_names(train.optimizer, train.schedule, f"{where}.train")
+    device = pick_device(train.device, where)
+    folder = run_dir(study, run.name, out)
+    ckpt_path, done_path = folder / "checkpoint.pt", folder / "done"
+    t_path = teacher_path(study, run, out)
+
+    with deterministic(train.deterministic):
+        splits = load_splits(study, train, progress)
+        num_classes = len(splits.classes)
+        teacher, teacher_state = None, None
+        if t_path is not None:
+            teacher, teacher_state = checkpoint.load_model(t_path, num_classes=num_classes, device=device, what=f"{where}: teacher checkpoint")
+            teacher = fold_batchnorm(teacher).requires_grad_(False)
+            if teacher_channels_last(device, train):
+                teacher = teacher.to(memory_format=torch.channels_last)
+        ident = identity(study, run, train, teacher_state)
+
+        existing = checkpoint.load(ckpt_path, f"{where}: checkpoint") if ckpt_path.is_file() else None
+        if existing is not None:
+            checkpoint.check_model(existing, ckpt_path, run.model, num_classes, f"{where}: run folder's checkpoint")
+            diff = first_difference(existing["identity"], ident)
+            if diff:
+                raise KdlibError(
+                    f"{where}: {folder} holds a run made from other params ({diff}); "
+                    "valid: the same params, another --out, or delete the folder"
+                )
+            if done_path.is_file():
+                return RunResult(**json.loads(done_path.read_text()))
+
+        student = initial_network(study, run, num_classes).to(device)
+        seed_everything(derive(study.seed, "setup"))  # auxiliary modules of the loss terms
+        if train.channels_last:
+            student = student.to(memory_format=torch.channels_last)
+        objective = build_objective(run.loss, f"{where}.loss")
+        objective.setup(SetupContext(
+            student=student, teacher=teacher, num_classes=num_classes, image_size=splits.image_size,
+            train_targets=splits.train.targets, seed=derive(study.seed, "objective"),
+            student_name=run.model, teacher_name=teacher_state["model"]["name"] if teacher_state else "teacher",
+        ))
+        objective.to(device)
+        views = objective.views
+        params = [p for p in chain(student.parameters(), objective.parameters()) if p.requires_grad]
+        optimizer = build_optimizer(params, train.optimizer, f"{where}.train")
+        scheduler = build_scheduler(optimizer, train.schedule, train.epochs, f"{where}.train")
+        stepper = Stepper(optimizer, train.amp, device)
+        model_spec = {"name": run.model, "kwargs": dict(run.model_kwargs), "num_classes": num_classes, "classes": splits.classes}
+
+        def save(epoch: int, history: list[dict]) -> None:
+            checkpoint.save(ckpt_path, {
+                "model": model_spec, "identity": ident, "epoch": epoch, "model_state": student.state_dict(),
+                "objective_state": objective.state_dict(), "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(), "scaler_state": stepper.scaler.state_dict(),
+                "rng": rng_state(), "sampler": {"kind": "seeded shuffle per epoch", "seed": study.seed, "next_epoch": epoch + 1},
+                "history": history,
+            })
+
+        if existing is not None:
+            student.load_state_dict(existing["model_state"])
+            objective.load_state_dict(existing["objective_state"])
+            optimizer.load_state_dict(existing["optimizer_state"])
+            scheduler.load_state_dict(existing["scheduler_state"])
+            stepper.scaler.load_state_dict(existing["scaler_state"])
+            set_rng_state(existing["rng"])
+            history, start = list(existing["history"]), existing["epoch"] + 1
+            resumed_from = existing["epoch"]
+        else:
+            atomic.write_text(folder / "params.yaml", yaml.safe_dump(ident, sort_keys=False))
+            for stage in objective.stages():
+                run_stage(stage, student, teacher, splits, train, derive(study.seed, "stage"), device, where, ckpt_path, progress)
+            history, start, resumed_from = [], 1, None
+            save(0, history)
+
+        pin = device.type == "cuda"
+        val_loader = eval_loader(splits.val, train.batch_size, train.num_workers, pin)
+        forwarder = Forwarder(student, teacher if objective.needs_teacher else None, objective.student_layers(),
+                              objective.teacher_layers(), views, device, train.amp, train.channels_last,
+                              train.teacher_amp, teacher_channels_last(device, train))
+        epochs_bar = tqdm(range(start, train.epochs + 1), desc=run.name, disable=not progress, initial=start - 1, total=train.epochs)
+        with forwarder:
+            for epoch in epochs_bar:
+                began = time.perf_counter()
+                lr = optimizer.param_groups[0]["lr"]
+                seed_everything(derive(study.seed, "epoch", epoch))
+                loader = train_loader(splits.train, train.batch_size, derive(study.seed, "order", epoch), train.num_workers, pin)
+                student.train()
+                objective.train()
+                sums: dict[str, float] = {}
+                seen, correct, total = 0, 0, 0.0
+                bar = tqdm(loader, desc=f"{run.name} epoch {epoch}/{train.epochs}", disable=not progress, leave=False)
+                for step, (images, targets, indices) in enumerate(bar):
+                    io_ = forwarder(images, targets, indices, epoch=epoch, step=step)
+                    loss, values = objective(io_)
+                    _finite(loss, where, epoch, step, ckpt_path, epoch - 1)
+                    stepper(loss)
+                    b = io_.targets.numel()
+                    seen += b
+                    total += loss.item() * b
+                    correct += (io_.logits.argmax(1) == io_.targets).sum().item()
+                    for label, value in values.items():
+                        sums[label] = sums.get(label, 0.0) + value.item() * b
+                    bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
+                scheduler.step()
+                val_loss, val_acc = evaluate(student, val_loader, device, train.amp, train.channels_last)
+                row = {"epoch": epoch, "lr": lr, "loss": total / seen}
+                row.update({f"loss.{k}": v / seen for k, v in sums.items()})
+                row.update({"train_acc": correct / seen, "val_loss": val_loss, "val_acc": val_acc,
+                            "seconds": round(time.perf_counter() - began, 3)})
+                history.append(row)
+                save(epoch, history)
+                _write_metrics(folder / "metrics.csv", history)
+                epochs_bar.set_postfix(loss=f"{row['loss']:.4f}", val_acc=f"{val_acc:.3f}")
+
+        test_acc = None
+        if splits.test is not None:
+            _, test_acc = evaluate(student, eval_loader(splits.test, train.batch_size, train.num_workers, pin), device,
+                                   train.amp, train.channels_last)
+        last = history[-1]
+        result = RunResult(
+            name=run.name, run_dir=str(folder), checkpoint=str(ckpt_path), epoch=last["epoch"],
+            train_acc=last["train_acc"], val_acc=last["val_acc"], test_acc=test_acc,
+            seconds=round(sum(r["seconds"] for r in history), 3), resumed_from=resumed_from,
+        )
+        atomic.write_text(done_path, json.dumps(asdict(result), indent=1) + "\n")
+        return result
+
+
+def fit_study(study: StudyParams, names: Optional[list[str]] = None, out: Optional[str] = None,
+              progress: bool = True) -> list[RunResult]:
+    """Train the runs ``names`` (default: all) of a study in file order, the teacher first. A run whose
+    teacher run is outside the selection needs that run finished already; this is checked before any
+    training starts."""
+    names = names or [r.name for r in study.runs()]
+    check_study(study, names)
+    order = [r.name for r in study.runs() if r.name in names]
+    for name in order:
+        run = study.run(name)
+        if run.teacher is not None and run.teacher.run is not None and run.teacher.run not in order:
+            teacher_path(study, run, out)
+    return [fit(study, name, out, progress) for name in order]

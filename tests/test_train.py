@@ -1,0 +1,249 @@
+"""fit() and python -m kdlib.train: run folder, determinism, kill-and-resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdlib.errors import KdlibError
+from kdlib.losses import LossTerm
+from kdlib.models import build
+from kdlib.params import load_study
+from kdlib.registry import LOSSES
+from kdlib.train import check_study, fit, initial_network, load_model
+from kdlib.train import checkpoint as ckpt
+from kdlib.train.data import IndexedSplit, eval_loader
+from kdlib.data.transforms import eval_transform
+from kdlib.train.step import evaluate
+
+from train_helpers import study, study_file, trained_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = {"name": "scratch", "model": "resnet8_w8"}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_world):
+    return trained_teacher(tmp_path_factory.getbasetemp() / "shared-teacher", tiny_world)
+
+
+def kd_permuted(teacher: Path, name: str = "kdp") -> dict:
+    """A student whose every step draws random numbers (augmentation, shuffling, permutations)."""
+    return {"name": name, "model": "resnet8_w8", "teacher": {"checkpoint": str(teacher)},
+            "loss": [{"name": "ce", "weight": 0.5}, {"name": "kd_permuted", "weight": 0.5, "temperature": 4.0}]}
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=False)["model_state"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def test_run_folder_layout_and_last_epoch_weights(tiny_world, tmp_path):
+    s = study(tmp_path, tiny_world, [SCRATCH])
+    result = fit(s, "scratch", progress=False)
+    folder = tmp_path / "outputs" / "study" / "scratch"
+    assert result.run_dir == str(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "done", "metrics.csv", "params.yaml"]
+    assert json.loads((folder / "done").read_text())["epoch"] == result.epoch == 2
+    history = rows(folder / "metrics.csv")
+    assert [r["epoch"] for r in history] == ["1", "2"]
+    assert set(history[0]) == {"epoch", "lr", "loss", "loss.ce", "train_acc", "val_loss", "val_acc"}
+    assert [float(r["lr"]) for r in history] == pytest.approx([0.05, 0.005])  # milestone at epoch 1
+    model, state = load_model(folder, model="resnet8_w8", num_classes=6)
+    assert state["epoch"] == 2 and not model.training
+    val = IndexedSplit(tiny_world, "val", eval_transform(24))
+    assert evaluate(model, eval_loader(val, 16, 0, False), torch.device("cpu"))[1] == pytest.approx(result.val_acc)
+    again = fit(s, "scratch", progress=False)  # finished: returned as it is, nothing retrained
+    assert again == result and same_weights(weights(folder / "checkpoint.pt"), state["model_state"])
+
+
+def test_same_params_same_weights_other_seed_other_weights(tiny_world, tmp_path, teacher):
+    runs = []
+    for name, seed_dir in (("a", "one"), ("b", "two")):
+        s = study(tmp_path / seed_dir, tiny_world, [kd_permuted(teacher)], teacher_amp=True)
+        runs.append(fit(s, "kdp", progress=False))
+    assert same_weights(weights(Path(runs[0].checkpoint)), weights(Path(runs[1].checkpoint)))
+    assert rows(Path(runs[0].run_dir) / "metrics.csv") == rows(Path(runs[1].run_dir) / "metrics.csv")
+    other = load_study(study_file(tmp_path / "three", tiny_world, [kd_permuted(teacher)], teacher_amp=True))
+    other = dataclasses.replace(other, seed=1)
+    third = fit(other, "kdp", progress=False)
+    assert not same_weights(weights(Path(runs[0].checkpoint)), weights(Path(third.checkpoint)))
+
+
+def _cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdlib.train", *args], cwd=ROOT, capture_output=True, text=True, **kw)
+
+
+def test_killed_run_resumes_to_identical_weights(tiny_world, tmp_path, teacher):
+    student = kd_permuted(teacher)
+    params = study_file(tmp_path, tiny_world, [student], epochs=4, batch_size=8)
+    done = _cli(str(params), "--quiet", "--out", str(tmp_path / "whole"))
+    assert done.returncode == 0, done.stderr
+
+    folder = tmp_path / "killed" / "kdp"
+    proc = subprocess.Popen([sys.executable, "-m", "kdlib.train", str(params), "--quiet", "--out", str(tmp_path / "killed")],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (folder / "metrics.csv").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # mid-run, right after epoch 1 was saved
+    proc.wait()
+    state = ckpt.load(folder / "checkpoint.pt")
+    assert not (folder / "done").exists() and 1 <= state["epoch"] < 4, "the kill must interrupt the run"
+
+    resumed = _cli(str(params), "--quiet", "--out", str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((folder / "done").read_text())
+    assert result["resumed_from"] == state["epoch"]
+    assert same_weights(weights(folder / "checkpoint.pt"), weights(tmp_path / "whole" / "kdp" / "checkpoint.pt"))
+    assert rows(folder / "metrics.csv") == rows(tmp_path / "whole" / "kdp" / "metrics.csv")
+
+
+def test_cli_trains_teacher_then_student_and_reports_errors_in_one_line(tiny_world, tmp_path):
+    params = study_file(tmp_path, tiny_world, [{"name": "kd", "model": "resnet8_w8", "teacher": {"run": "teacher"},
+                                               "loss": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5}]}],
+                        teacher={"name": "teacher", "model": "resnet8_w8"}, epochs=1)
+    out = _cli(str(params), "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].startswith("teacher: epoch 1") and out.stdout.splitlines()[2].startswith("kd: epoch 1")
+    bad = study_file(tmp_path / "bad", tiny_world, [{"name": "s", "model": "resnet8_w8"}], optimizer={"name": "adamx", "lr": 0.1})
+    out = _cli(str(bad))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: {bad}: s.train.optimizer.name = 'adamx' is unknown; valid: adam, adamw, sgd"
+    ]
+
+
+def test_student_of_an_unfinished_teacher_run(tiny_world, tmp_path):
+    s = study(tmp_path, tiny_world, [{"name": "kd", "model": "resnet8_w8", "teacher": {"run": "teacher"},
+                                      "loss": [{"name": "kd"}]}], teacher={"name": "teacher", "model": "resnet8_w8"})
+    with pytest.raises(KdlibError, match=r"kd.teacher.run = 'teacher' has not finished .* valid: train it first"):
+        fit(s, "kd", progress=False)
+
+
+@pytest.mark.parametrize(
+    "student, train, message",
+    [
+        ({"name": "s", "model": "resnet9"}, {}, "unknown model 'resnet9'; valid: "),
+        ({"name": "s", "model": "resnet8", "loss": [{"name": "kdd"}]}, {}, "s.loss[0]: unknown loss 'kdd'"),
+        ({"name": "s", "model": "resnet8"}, {"schedule": {"name": "step"}}, "s.train.schedule.name = 'step' is unknown; valid: constant, cosine, multistep"),
+        ({"name": "s", "model": "resnet8"}, {"optimizer": {"name": "rmsprop"}}, "s.train.optimizer.name = 'rmsprop' is unknown; valid: adam, adamw, sgd"),
+        ({"name": "s", "model": "resnet8", "teacher": {"checkpoint": "nowhere.pt"}, "loss": [{"name": "kd"}]}, {},
+         "s: teacher checkpoint 'nowhere.pt' does not exist"),
+        ({"name": "s", "model": "resnet8", "loss": [{"name": "kd"}]}, {}, "s.loss[0] (kd) needs a teacher"),
+    ],
+)
+def test_bad_runs_fail_before_training(tiny_world, tmp_path, student, train, message):
+    s = study(tmp_path, tiny_world, [student], **train)
+    with pytest.raises(KdlibError) as e:
+        check_study(s)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(KdlibError) as e:
+        fit(s, "s", progress=False)
+    assert message.split(";")[0].split(": ", 1)[-1] in str(e.value)
+
+
+def test_a_layer_the_model_lacks(tiny_world, tmp_path, teacher):
+    s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "teacher": {"checkpoint": str(teacher)},
+                                      "loss": [{"name": "at", "layers": ["layer4"]}]}])
+    message = "s.loss[0] (at) (student resnet8_w8): layer 'layer4' is not in the model; valid: a module path such as conv1, bn1"
+    for call in (lambda: check_study(s), lambda: fit(s, "s", progress=False)):
+        with pytest.raises(KdlibError) as e:
+            call()
+        assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_truncated_and_foreign_teacher_checkpoints(tiny_world, tmp_path, teacher):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(teacher.read_bytes()[: teacher.stat().st_size // 2])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": 1}, foreign)
+    for path, message in ((truncated, "cannot be read (") , (foreign, "is not a kdlib checkpoint")):
+        s = study(tmp_path / path.stem, tiny_world, [{"name": "s", "model": "resnet8_w8", "teacher": {"checkpoint": str(path)},
+                                                      "loss": [{"name": "kd"}]}])
+        with pytest.raises(KdlibError) as e:
+            fit(s, "s", progress=False)
+        assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_teacher_with_another_class_count(tiny_world, tmp_path):
+    other = tmp_path / "five.pt"
+    ckpt.save(other, {"model": {"name": "resnet8_w8", "kwargs": {}, "num_classes": 5, "classes": list("abcde")},
+                      "identity": {}, "epoch": 1, "model_state": build("resnet8_w8", 5).state_dict()})
+    s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "teacher": {"checkpoint": str(other)},
+                                      "loss": [{"name": "kd"}]}])
+    with pytest.raises(KdlibError) as e:
+        fit(s, "s", progress=False)
+    assert str(e.value).endswith(f"teacher checkpoint {str(other)!r} has 5 classes but the data has 6; valid: a checkpoint trained on the same classes")
+    with pytest.raises(KdlibError, match="holds model 'resnet8_w8'; valid: a checkpoint of 'resnet20'"):
+        load_model(other, model="resnet20")
+
+
+def test_resuming_with_other_params_refuses(tiny_world, tmp_path):
+    fit(study(tmp_path, tiny_world, [SCRATCH]), "scratch", progress=False)
+    changed = study(tmp_path, tiny_world, [SCRATCH], epochs=3)
+    with pytest.raises(KdlibError, match=r"holds a run made from other params \(train.epochs: 2 != 3\)"):
+        fit(changed, "scratch", progress=False)
+    other_model = study(tmp_path, tiny_world, [{"name": "scratch", "model": "resnet14_w8"}])
+    with pytest.raises(KdlibError, match="holds model 'resnet8_w8'; valid: a checkpoint of 'resnet14_w8'"):
+        fit(other_model, "scratch", progress=False)
+
+
+class _NanFrom(LossTerm):
+    """Test-only: cross-entropy that turns NaN from epoch ``epoch`` on."""
+
+    def __init__(self, *, epoch: int = 2):
+        super().__init__()
+        self.epoch = epoch
+
+    def forward(self, io):
+        loss = torch.nn.functional.cross_entropy(io.logits, io.targets)
+        return loss * float("nan") if io.epoch >= self.epoch else loss
+
+
+if "test_nan" not in LOSSES:
+    LOSSES.add("test_nan", _NanFrom)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny_world, tmp_path):
+    s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "loss": [{"name": "test_nan", "epoch": 2}]}], epochs=3)
+    with pytest.raises(KdlibError) as e:
+        fit(s, "s", progress=False)
+    folder = tmp_path / "outputs" / "study" / "s"
+    assert "loss is nan at epoch 2, step 0; stopped, the last good checkpoint (epoch 1) is kept at" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert ckpt.load(folder / "checkpoint.pt")["epoch"] == 1 and not (folder / "done").exists()
+    assert torch.isfinite(torch.cat([v.flatten().float() for v in weights(folder / "checkpoint.pt").values()])).all()
+
+
+def test_checkpoint_zero_holds_the_initial_network(tiny_world, tmp_path):
+    """A NaN at the first step leaves checkpoint 0: the weights fit started from, which initial_network rebuilds."""
+    s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "loss": [{"name": "test_nan", "epoch": 1}]}])
+    with pytest.raises(KdlibError, match=r"\(epoch 0\) is kept"):
+        fit(s, "s", progress=False)
+    state = ckpt.load(tmp_path / "outputs" / "study" / "s" / "checkpoint.pt")
+    assert state["epoch"] == 0
+    assert same_weights(state["model_state"], initial_network(s, "s", 6).state_dict())
+    assert not same_weights(state["model_state"], initial_network(dataclasses.replace(s, seed=1), "s", 6).state_dict())
+
+
+def test_shipped_tiny_params_check(tiny_world):
+    check_study(load_study(ROOT / "params" / "tiny.yaml"))
+    check_study(load_study(ROOT / "params" / "default.yaml"))

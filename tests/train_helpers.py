@@ -1,0 +1,43 @@
+"""Small studies on the tiny world for the training tests, and a shared, once-trained teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdlib.params import StudyParams, load_study
+
+TRAIN = {
+    "epochs": 2, "batch_size": 16, "image_size": 24,
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    "schedule": {"name": "multistep", "milestones": [1], "gamma": 0.1},
+}
+
+
+def study_file(folder: Path, world: Path, students: list[dict], teacher: dict | None = None, **train: Any) -> Path:
+    """Write a study YAML over the tiny ``world`` (read-only, as ``data.imagefolder``) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        "seed": 0, "world": {"profile": "tiny"}, "data": {"imagefolder": str(world)},
+        "output_root": str(folder / "outputs"), "train": {**TRAIN, **train}, "students": students,
+    }
+    if teacher is not None:
+        data["teacher"] = teacher
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def study(folder: Path, world: Path, students: list[dict], teacher: dict | None = None, **train: Any) -> StudyParams:
+    return load_study(study_file(folder, world, students, teacher, **train))
+
+
+def trained_teacher(base: Path, world: Path) -> Path:
+    """A 4-stage teacher (resnet18_w8) trained 2 epochs on the tiny world; fit() makes it once per session
+    (a finished run folder is returned as it is)."""
+    from kdlib.train import fit
+
+    s = study(base / "teacher-study", world, [], teacher={"name": "teacher", "model": "resnet18_w8"})
+    return Path(fit(s, "teacher", progress=False).checkpoint)
