@@ -90,3 +90,18 @@ class ChannelUnits(nn.Module):
 
 def normalised(value: float, channel: int) -> float:
     return (value / 255.0 - MEAN[channel]) / STD[channel]
+
+
+def save_small_checkpoint(path: Path, seed: int = 0, epoch: int = 3) -> SmallNet:
+    """A checkpoint in a format of this file's own (not kdlib.train's), for :func:`load_small_checkpoint`."""
+    net = SmallNet(seed=seed)
+    torch.save({"model": {"name": "smallnet", "seed": seed}, "epoch": epoch, "weights": net.state_dict()}, path)
+    return net
+
+
+def load_small_checkpoint(path) -> tuple[nn.Module, dict]:
+    """A checkpoint loader for ``python -m kdlib.dissect --loader dissect_helpers:load_small_checkpoint``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net = SmallNet(seed=state["model"]["seed"])
+    net.load_state_dict(state["weights"])
+    return net, state

@@ -7,6 +7,11 @@
   over images; within it a loop over units that resizes each unit's map on its own when its maximum
   passes the threshold, and counts labels under the mask with ``bincount``.
 
+Both make each (unit, image) mask one map at a time with the definition's rule,
+:func:`kdlib.dissect.tally.unit_mask` (bilinear upsampling with fixed float32 arithmetic; empty when the
+map's maximum is ``<= T``): the upsampling is part of the definition, shared so that "exact" means the
+same bits. ``tests/test_dissect.py`` pins that upsampling against ``F.interpolate`` on its own.
+
 Both return a :class:`Counts` with the same fields as a :class:`~kdlib.dissect.result.LayerResult`'s
 raw counts, and their own IoU (computed here, not by kdlib).
 """
@@ -21,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from kdlib.data.broden import collate_broden
 from kdlib.dissect.nethook import capture_layers
+from kdlib.dissect.tally import unit_mask
 
 
 @dataclass
@@ -67,18 +73,15 @@ def _label_category(dataset) -> torch.Tensor:
     return cat
 
 
-def _upsample(fmap: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(fmap[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-
-
-def naive(model, dataset, layer: str, quantile: float, batch_size: int = 64) -> Counts:
+def naive(model, dataset, layer: str, quantile: float, batch_size: int = 64, mask_fn=unit_mask) -> Counts:
     acts = dump_activations(model, dataset, layer, batch_size)
     thresholds = torch.stack([torch.quantile(acts[:, u].reshape(-1), 1.0 - quantile) for u in range(acts.shape[1])])
-    return naive_tally(acts, thresholds, dataset)
+    return naive_tally(acts, thresholds, dataset, mask_fn)
 
 
-def naive_tally(acts: torch.Tensor, thresholds: torch.Tensor, dataset) -> Counts:
-    """The seed's loops: for each unit, each image, each segmentation layer, each label present."""
+def naive_tally(acts: torch.Tensor, thresholds: torch.Tensor, dataset, mask_fn=unit_mask) -> Counts:
+    """The seed's loops: for each unit, each image, each segmentation layer, each label present.
+    ``mask_fn`` as in :func:`per_image_tally`."""
     N, U = acts.shape[:2]
     L, C = dataset.num_labels, len(dataset.categories)
     label_category = _label_category(dataset)
@@ -100,7 +103,7 @@ def naive_tally(acts: torch.Tensor, thresholds: torch.Tensor, dataset) -> Counts
     for u in range(U):
         for i, item in enumerate(items):
             size = (dataset.rows[i].sh, dataset.rows[i].sw)
-            mask = _upsample(acts[i, u], size) > thresholds[u]
+            mask = mask_fn(acts[i, u], thresholds[u], size)
             area = int(mask.sum())
             touched: set[int] = set()
             for segs in item["pixel"].values():
@@ -124,14 +127,24 @@ def naive_tally(acts: torch.Tensor, thresholds: torch.Tensor, dataset) -> Counts
     return Counts(thresholds, inter, act_cat, truth, label_category)
 
 
-def per_image(model, dataset, layer: str, quantile: float, batch_size: int = 64) -> Counts:
+def interpolate_mask(fmap: torch.Tensor, threshold, size) -> torch.Tensor:
+    """The mask with ``F.interpolate`` for the upsampling: one C call per map, as NetDissect-Lite's
+    ``imresize``. Within a float32 ulp of :func:`unit_mask` (so not bit for bit); the benchmark times
+    ``per_image`` with it, so the reference pays what NetDissect-Lite's resize costs, not more."""
+    if not bool(fmap.max() > threshold):
+        return torch.zeros(tuple(size), dtype=torch.bool)
+    return F.interpolate(fmap[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0] > threshold
+
+
+def per_image(model, dataset, layer: str, quantile: float, batch_size: int = 64, mask_fn=unit_mask) -> Counts:
     acts = dump_activations(model, dataset, layer, batch_size)
     thresholds = torch.quantile(acts.transpose(0, 1).reshape(acts.shape[1], -1), 1.0 - quantile, dim=1)
-    return per_image_tally(acts, thresholds, dataset)
+    return per_image_tally(acts, thresholds, dataset, mask_fn)
 
 
-def per_image_tally(acts: torch.Tensor, thresholds: torch.Tensor, dataset) -> Counts:
-    """NetDissect-Lite's tally loop: per image, per unit whose map passes the threshold."""
+def per_image_tally(acts: torch.Tensor, thresholds: torch.Tensor, dataset, mask_fn=unit_mask) -> Counts:
+    """NetDissect-Lite's tally loop: per image, per unit whose map passes the threshold. ``mask_fn(map,
+    threshold, size)`` makes one mask (default: the definition's :func:`unit_mask`)."""
     N, U = acts.shape[:2]
     L, C = dataset.num_labels, len(dataset.categories)
     label_category = _label_category(dataset)
@@ -157,7 +170,7 @@ def per_image_tally(acts: torch.Tensor, thresholds: torch.Tensor, dataset) -> Co
         for u in range(U):
             if maxima[i, u] <= thresholds[u]:
                 continue
-            ys, xs = (_upsample(acts[i, u], (sh, sw)) > thresholds[u]).nonzero(as_tuple=True)
+            ys, xs = mask_fn(acts[i, u], thresholds[u], (sh, sw)).nonzero(as_tuple=True)
             area = ys.numel()
             cat_hits = torch.zeros(C, dtype=torch.long)
             if pixels is not None:

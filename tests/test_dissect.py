@@ -10,13 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import reference_dissect as ref
 from dissect_helpers import ChannelUnits, SmallNet, normalised, random_broden
 from kdlib.data.broden import BrodenDataset, BrodenWriter
 from kdlib.dissect import DissectResult, TopK, capture_layers, dissect
+from kdlib.dissect.engine import make_loader
 from kdlib.dissect.quantile import topk_size
+from kdlib.dissect.tally import IoUTally, upsample_bilinear, unit_mask
 from kdlib.errors import KdlibError
 
 
@@ -151,6 +154,114 @@ def test_a_subset_of_categories(probe):
     assert [c for c in got.tally.columns if c.endswith("-iou")] == ["object-iou", "scene-iou"]
     outside = subset.primary_category < 0
     assert outside[1:].any() and got.iou[:, outside].abs().max() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Upsampling and the mask rule
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("h,w,sh,sw", [(4, 4, 32, 32), (7, 7, 112, 112), (3, 5, 10, 16), (8, 8, 8, 8), (5, 6, 3, 4), (1, 1, 6, 6)])
+def test_upsampling_is_bilinear_and_the_same_bits_alone_or_in_a_batch(h, w, sh, sw):
+    g = torch.Generator().manual_seed(h * 1000 + sh)
+    maps = torch.randn(40, h, w, generator=g) * 3
+    got = upsample_bilinear(maps, (sh, sw))
+    want = F.interpolate(maps[:, None], size=(sh, sw), mode="bilinear", align_corners=False)[:, 0]
+    assert got.shape == (40, sh, sw)
+    assert torch.allclose(got, want, rtol=0, atol=8 * torch.finfo(torch.float32).eps * float(maps.abs().max()))
+    if (h, w) == (sh, sw):
+        assert torch.equal(got, maps)
+    for i in (0, 17, 39):
+        assert torch.equal(upsample_bilinear(maps[i : i + 1], (sh, sw))[0], got[i])
+    assert torch.equal(upsample_bilinear(maps.flip(0), (sh, sw)).flip(0), got)
+
+
+def test_a_map_whose_maximum_is_the_threshold_has_an_empty_mask():
+    v = 0.955627977848053  # upsampling a constant map of v gives values one float32 ulp above v
+    fmap = torch.full((2, 2), v)
+    assert (upsample_bilinear(fmap[None], (8, 8)) > fmap.max()).any()
+    assert not unit_mask(fmap, fmap.max(), (8, 8)).any()
+    tally = IoUTally(fmap.max().view(1), torch.tensor([-1, 0]), num_categories=1)
+    tally.add(fmap.view(1, 1, 2, 2), torch.ones((1, 1, 8, 8), dtype=torch.long), torch.zeros((1, 0), dtype=torch.long))
+    assert tally.unit_area.tolist() == [0] and tally.intersection.sum() == 0 and tally.pairs_upsampled == 0
+    below = fmap.max() - 1e-3  # the same map above its threshold: the whole image
+    assert unit_mask(fmap, below, (8, 8)).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Activations kept between the passes, and what each pass reads
+# --------------------------------------------------------------------------------------------
+
+
+def _counts(layer):
+    return [getattr(layer, name) for name in ("thresholds", "intersection", "activation_cat", "unit_area", "truth", "top_images", "top_maps")]
+
+
+def test_kept_activations_skip_the_second_forward_pass_and_change_nothing(probe):
+    model = SmallNet(seed=1)
+    images_seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda module, args: images_seen.append(args[0].shape[0]))
+    try:
+        run = lambda **kw: dissect(model, probe, layers=["layer1", "layer2"], quantile=0.02, batch_size=8, progress=False, **kw)
+        kept = run()
+        assert sum(images_seen) == len(probe)  # one forward pass
+        assert kept.meta["feature_cache"]["used"] and kept.meta["feature_cache"]["state"] == "used"
+        images_seen.clear()
+        off = run(feature_cache_mb=0)
+        assert sum(images_seen) == 2 * len(probe) and off.meta["feature_cache"]["state"] == "off"
+        images_seen.clear()
+        per_image = (6 * 8 * 8 + 8 * 4 * 4) * 4  # bytes of layer1 + layer2 activations per image
+        budget = 10 * per_image / 2**20  # ten images' worth: the first batch of 8 fits, the second crosses it
+        over = run(feature_cache_mb=budget)
+        assert sum(images_seen) == 2 * len(probe) and over.meta["feature_cache"]["state"] == "over budget"
+        assert 0 < over.meta["feature_cache"]["peak_mb"] <= budget
+    finally:
+        handle.remove()
+    for layer in ("layer1", "layer2"):
+        for a, b, c in zip(_counts(kept[layer]), _counts(off[layer]), _counts(over[layer])):
+            assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_each_pass_reads_only_its_part_of_the_probe_set(probe):
+    cpu = torch.device("cpu")
+    whole = list(make_loader(probe, 7, "all", cpu))
+    images = list(make_loader(probe, 7, "images", cpu))
+    labels = list(make_loader(probe, 7, "labels", cpu))
+    assert len(whole) == len(images) == len(labels)
+    for w, i, l in zip(whole, images, labels):
+        assert torch.equal(i["image"], w["image"]) and torch.equal(i["index"], w["index"])  # image_tensor(i)
+        assert l["image"].shape[1] == 0  # no image decoded for pass 2 on kept activations
+        for key in ("pixel", "scalar", "index"):
+            assert torch.equal(l[key], w[key]), key
+
+
+class _PlainDataset(torch.utils.data.Dataset):
+    """A probe set seen only through ``__getitem__`` (no ``image_tensor``, no ``load_segmentation``)."""
+
+    def __init__(self, ds: BrodenDataset):
+        self.ds = ds
+        for name in ("root", "rows", "categories", "num_labels", "label_names", "primary_category"):
+            setattr(self, name, getattr(ds, name))
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
+    def fingerprint(self):
+        return self.ds.fingerprint()
+
+
+def test_a_dataset_with_only_getitem_gives_the_same_answer(probe):
+    model = SmallNet(seed=2)
+    plain = _PlainDataset(probe)
+    assert not hasattr(plain, "image_tensor")
+    for mb in (256, 0):
+        got = dissect(model, plain, layers=["layer2"], quantile=0.03, progress=False, feature_cache_mb=mb)["layer2"]
+        want = dissect(model, probe, layers=["layer2"], quantile=0.03, progress=False, feature_cache_mb=mb)["layer2"]
+        for a, b in zip(_counts(got), _counts(want)):
+            assert torch.equal(a, b)
 
 
 def test_batch_size_does_not_change_the_answer(probe):
@@ -404,7 +515,15 @@ def test_quantile_outside_zero_one_is_refused(probe, q):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"iou_threshold": 1.5}, "iou_threshold"), ({"batch_size": 0}, "batch_size"), ({"layers": []}, "layers"), ({"device": "tpu"}, "device")],
+    [
+        ({"iou_threshold": 1.5}, "iou_threshold"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"layers": []}, "layers"),
+        ({"device": "tpu"}, "device"),
+        ({"feature_cache_mb": -1}, "feature_cache_mb"),
+        ({"feature_cache_mb": True}, "feature_cache_mb"),
+        ({"feature_cache_mb": float("inf")}, "feature_cache_mb"),
+    ],
 )
 def test_other_bad_arguments(probe, kwargs, match):
     args = {"layers": ["layer1"], "progress": False, **kwargs}

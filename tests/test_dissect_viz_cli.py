@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from dissect_helpers import ChannelUnits, SmallNet, random_broden
+from dissect_helpers import ChannelUnits, SmallNet, load_small_checkpoint, random_broden, save_small_checkpoint
 from kdlib.data.broden import BrodenDataset, BrodenWriter
 from kdlib.dissect import DissectResult, dissect
 from kdlib.errors import KdlibError
@@ -138,6 +138,39 @@ def test_cli_loads_a_checkpoint(world, tmp_path):
     assert info["source"]["model"] == "resnet8" and info["source"]["epoch"] == 2
     direct = dissect(net, BrodenDataset(world / "broden"), layers=["layer3"], progress=False)
     assert np.allclose(np.load(out / "thresholds_layer3.npy"), direct["layer3"].thresholds.numpy())
+
+
+def test_cli_takes_any_checkpoint_loader(world, tmp_path):
+    """--loader module:function (or main(load_checkpoint=...)) reads the checkpoint; kdlib.train is not needed."""
+    from kdlib.dissect.__main__ import main
+
+    net = save_small_checkpoint(tmp_path / "small.pt", seed=4, epoch=7)
+    direct = dissect(net, BrodenDataset(world / "broden"), layers=["layer2"], quantile=0.02, progress=False)["layer2"]
+    common = ["--checkpoint", str(tmp_path / "small.pt"), "--layers", "layer2", "--quantile", "0.02", "--data", str(world),
+              "--no-progress", "--strips", "none"]
+    assert main(common + ["--out", str(tmp_path / "a"), "--loader", "dissect_helpers:load_small_checkpoint"]) == 0
+    assert main(common + ["--out", str(tmp_path / "b"), "--feature-cache-mb", "0"], load_checkpoint=load_small_checkpoint) == 0
+    for out in ("a", "b"):
+        info = json.loads((tmp_path / out / "dissect.json").read_text())
+        assert info["source"]["model"] == "smallnet" and info["source"]["epoch"] == 7
+        assert np.array_equal(np.load(tmp_path / out / "thresholds_layer2.npy"), direct.thresholds.numpy())
+        assert np.array_equal(np.load(tmp_path / out / "iou_layer2.npy"), direct.iou.numpy())
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [("no_separator", "not module:function"), ("kdlib_no_such_module:load", "cannot be imported"),
+     ("dissect_helpers:no_such_function", "cannot be imported"), ("dissect_helpers:MEAN", "not callable")],
+)
+def test_cli_bad_loader_is_one_line(world, tmp_path, capsys, spec, match):
+    from kdlib.dissect.__main__ import main
+
+    save_small_checkpoint(tmp_path / "small.pt")
+    with pytest.raises(SystemExit) as info:
+        main(["--checkpoint", str(tmp_path / "small.pt"), "--loader", spec, "--data", str(world), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and match in err and "\n" not in err
 
 
 @pytest.mark.parametrize(

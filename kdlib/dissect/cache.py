@@ -22,7 +22,7 @@ from torch import nn
 from kdlib.atomic import atomic_path
 from kdlib.dissect.result import LayerResult
 
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2  # 2: upsampling with fixed float32 arithmetic (kdlib.dissect.tally.upsample_bilinear)
 
 
 def weights_hash(model: nn.Module) -> str:

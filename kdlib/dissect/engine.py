@@ -7,8 +7,11 @@ For each unit k of a layer:
    (linear interpolation). Pass 1 keeps each unit's top-k values on the device and merges them per
    batch (:mod:`kdlib.dissect.quantile`).
 2. **Masks**: per image, the unit's map is upsampled to the segmentation resolution with bilinear
-   interpolation (``F.interpolate``, ``align_corners=False``; NetDissect-Lite used scipy's ``imresize``,
-   which is gone) and thresholded strictly: ``mask = map > T_k``.
+   interpolation (``F.interpolate``'s sampling, ``align_corners=False``, computed with fixed float32
+   arithmetic so that the bits do not depend on the batch or the device:
+   :func:`kdlib.dissect.tally.upsample_bilinear`; NetDissect-Lite used scipy's ``imresize``, which is
+   gone) and thresholded strictly: ``mask = map > T_k``; a map whose maximum is ``<= T_k`` has an empty
+   mask (:func:`kdlib.dissect.tally.unit_mask`).
 3. **Dataset-level IoU** for every (unit k, concept c), over the whole probe set (pass 2,
    :mod:`kdlib.dissect.tally`)::
 
@@ -26,17 +29,18 @@ For each unit k of a layer:
 4. Each unit's best concept per category and overall; a unit is a **detector** when its best IoU is
    above ``iou_threshold`` (0.04 in Network Dissection; Han et al. use 0.05).
 
-Both passes run every unit and every concept at once with tensor ops, several layers share each
-forward pass, and memory does not grow with the number of probe images (apart from the exact top-k
-buffer, ``q`` of each unit's positions). The model is put in eval mode and moved to ``device`` for the
-run, then restored.
+Both passes run every unit and every concept at once with tensor ops and several layers share each
+forward pass. Pass 1 keeps the captured activations (on the device) while they fit in
+``feature_cache_mb``; when every layer's activations fit, pass 2 reuses them and reads only the labels
+(no second forward pass, no image decoding). When they do not fit, the kept ones are dropped as soon as
+the budget is crossed and pass 2 runs the model again. So memory does not grow with the number of probe
+images beyond that budget (apart from the exact top-k buffer, ``q`` of each unit's positions). The model
+is put in eval mode and moved to ``device`` for the run, then restored.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -67,26 +71,40 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-class _ImagesOnly(Dataset):
-    """The probe set's images without their segmentations (pass 1 needs only the images).
+class _Part(Dataset):
+    """One part of each probe item: ``"images"`` (pass 1) or ``"labels"`` (pass 2 on kept activations).
 
-    For a :class:`BrodenDataset` this is a shallow copy whose index rows list no label files, so the
-    dataset's own ``__getitem__`` makes the image (same resizing and normalisation) and decodes no
-    segmentation; other datasets are indexed as they are."""
+    Images come from ``dataset.image_tensor(i)`` (a :class:`BrodenDataset`: the model's input, resized
+    and normalised exactly as ``dataset[i]["image"]``, no segmentation decoded), else from
+    ``dataset[i]["image"]``. Labels of a Broden-like dataset (``rows`` and ``load_segmentation``) are read
+    as ``BrodenDataset.__getitem__`` reads them, with an empty ``[0, sh, sw]`` placeholder for the image
+    (nothing decoded); any other dataset's items are used whole."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, part: str):
+        if part not in ("images", "labels"):
+            raise ValueError(part)
         self.dataset = dataset
+        self.part = part
+        self.image_tensor = getattr(dataset, "image_tensor", None)
         rows = getattr(dataset, "rows", None)
-        if rows is not None and all(dataclasses.is_dataclass(r) and hasattr(r, "pixel") for r in rows):
-            view = copy.copy(dataset)
-            view.rows = [dataclasses.replace(r, pixel={}, scalar={}) for r in rows]
-            self.dataset = view
+        self.label_rows = rows if rows is not None and hasattr(dataset, "load_segmentation") else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.dataset[i]["image"], "index": i}
+        if self.part == "images":
+            image = self.image_tensor(i) if self.image_tensor is not None else self.dataset[i]["image"]
+            return {"image": image, "index": i}
+        if self.label_rows is None:
+            return self.dataset[i]
+        row = self.label_rows[i]
+        return {
+            "image": torch.empty((0, row.sh, row.sw)),
+            "pixel": {cat: self.dataset.load_segmentation(i, cat) for cat in row.pixel},
+            "scalar": {cat: torch.tensor(nums, dtype=torch.long) for cat, nums in row.scalar.items()},
+            "index": i,
+        }
 
 
 def _collate_images(items):
@@ -110,15 +128,62 @@ class _CollateLabels:
         return batch
 
 
-def make_loader(dataset, batch_size: int, images_only: bool, device: torch.device, num_workers: int = 0) -> DataLoader:
+def make_loader(dataset, batch_size: int, parts: str, device: torch.device, num_workers: int = 0) -> DataLoader:
+    """Batches in dataset order. ``parts``: ``"images"`` (image and index), ``"labels"`` (labels and
+    index, images not decoded where the dataset allows) or ``"all"``."""
+    if parts not in ("images", "labels", "all"):
+        raise KdlibError(f"parts = {parts!r}; valid: images, labels, all")
     return DataLoader(
-        _ImagesOnly(dataset) if images_only else dataset,
+        dataset if parts == "all" else _Part(dataset, parts),
         batch_size=batch_size,
         shuffle=False,
-        collate_fn=_collate_images if images_only else _CollateLabels(dataset),
+        collate_fn=_collate_images if parts == "images" else _CollateLabels(dataset),
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
+
+
+class FeatureCache:
+    """Pass 1's activations, kept for pass 2 while their total size stays within ``budget_mb``.
+
+    ``add(index, feats)`` keeps one batch (``feats``: layer -> tensor, on its device). The first batch
+    that would take the total over the budget drops everything kept and turns the cache off for the run,
+    so it never holds more than the budget. ``complete`` says whether every batch was kept; ``batches``
+    are (index, feats) pairs in the order they were added. ``budget_mb = 0`` keeps nothing."""
+
+    def __init__(self, budget_mb: float):
+        self.budget = int(budget_mb * 2**20)
+        self.batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        self.bytes = 0
+        self.peak = 0
+        self.state = "filling" if self.budget > 0 else "off"
+
+    def add(self, index: torch.Tensor, feats: Mapping[str, torch.Tensor]) -> None:
+        if self.state != "filling":
+            return
+        size = sum(t.numel() * t.element_size() for t in feats.values())
+        if self.bytes + size > self.budget:
+            self.clear()
+            self.state = "over budget"
+            return
+        self.batches.append((index.cpu(), dict(feats)))
+        self.bytes += size
+        self.peak = max(self.peak, self.bytes)
+
+    @property
+    def complete(self) -> bool:
+        """Every batch added so far is kept (and there was at least one)."""
+        return self.state == "filling" and bool(self.batches)
+
+    def clear(self) -> None:
+        self.batches = []
+        self.bytes = 0
+
+    def summary(self) -> dict[str, Any]:
+        """For the run's metadata: the budget, whether pass 2 could use kept activations, the most kept."""
+        used = self.state == "filling" and self.peak > 0
+        state = "used" if used else "not needed" if self.state == "filling" else self.state
+        return {"budget_mb": self.budget / 2**20, "used": used, "state": state, "peak_mb": self.peak / 2**20}
 
 
 def _features(captured, layer: str) -> torch.Tensor:
@@ -141,19 +206,22 @@ def compute_thresholds(
     progress: bool = True,
     stat: Callable[..., Any] = TopK,
     total: int | None = None,
+    keep: FeatureCache | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pass 1: per layer, each unit's ``1 - quantile`` activation quantile (tensor [units] on ``device``).
 
     ``stat(units, n, quantile, device=...)`` builds the per-layer statistic (default: exact :class:`TopK`;
-    the benchmark passes an approximate one); it needs ``add(feats)`` and ``threshold()``.
+    the benchmark passes an approximate one); it needs ``add(feats)`` and ``threshold()``. ``keep``: a
+    :class:`FeatureCache` that keeps the activations for pass 2 while they fit.
     """
     stats: dict[str, Any] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     with torch.no_grad(), capture_layers(model, layers, clone=True) as captured:
         for batch in tqdm(batches, total=total, desc="dissect pass 1/2: quantiles", disable=not progress, leave=False):
             model(batch["image"].to(device, non_blocking=True))
+            kept = {}
             for layer in layers:
-                feats = _features(captured, layer)
+                feats = kept[layer] = _features(captured, layer)
                 if layer not in stats:
                     shapes[layer] = tuple(feats.shape[1:])
                     units, h, w = shapes[layer]
@@ -164,9 +232,30 @@ def compute_thresholds(
                         "valid: one image size for the whole probe set (pass image_size= to BrodenDataset)"
                     )
                 stats[layer].add(feats)
+            if keep is not None:
+                keep.add(batch["index"], kept)
     if not stats:
         raise KdlibError("the probe set yielded no batches; valid: a dataset with at least one image")
     return {layer: stats[layer].threshold() for layer in layers}
+
+
+def _layer_features(model, batches, layers, device, features):
+    """(batch, {layer: activations}) per batch: from a forward pass, or from ``features`` kept by pass 1
+    (then the model is not run; the batches must come in the same order)."""
+    if features is None:
+        with torch.no_grad(), capture_layers(model, layers, clone=True) as captured:
+            for batch in batches:
+                model(batch["image"].to(device, non_blocking=True))
+                yield batch, {layer: _features(captured, layer) for layer in layers}
+        return
+    kept = iter(features)
+    for batch in batches:
+        index, feats = next(kept, (None, None))
+        if index is None or not torch.equal(index, batch["index"].cpu()):
+            raise KdlibError("kept activations and label batches are out of step; valid: the same batches in both passes")
+        yield batch, feats
+    if next(kept, None) is not None:
+        raise KdlibError("more kept activations than label batches; valid: the same batches in both passes")
 
 
 def compute_tallies(
@@ -180,9 +269,13 @@ def compute_tallies(
     examples: int = 8,
     progress: bool = True,
     total: int | None = None,
-    chunk_elements: int = 1 << 24,
+    chunk_elements: int | None = None,
+    features: Sequence[tuple[torch.Tensor, Mapping[str, torch.Tensor]]] | None = None,
 ) -> tuple[dict[str, IoUTally], dict[str, TopExamples], torch.Tensor]:
-    """Pass 2: per layer, the IoU counts (:class:`IoUTally`) and top examples; and the label areas."""
+    """Pass 2: per layer, the IoU counts (:class:`IoUTally`) and top examples; and the label areas.
+
+    ``features``: (index, {layer: activations}) per batch, kept by pass 1 (:class:`FeatureCache`); then
+    the model is not run and ``batches`` need only the labels."""
     num_labels = label_category.numel()
     label_category = label_category.to(device)
     tallies = {
@@ -190,23 +283,26 @@ def compute_tallies(
     }
     tops: dict[str, TopExamples] = {}
     truth = torch.zeros(num_labels, dtype=torch.long, device=device)
-    with torch.no_grad(), capture_layers(model, layers, clone=True) as captured:
-        for batch in tqdm(batches, total=total, desc="dissect pass 2/2: IoU", disable=not progress, leave=False):
-            model(batch["image"].to(device, non_blocking=True))
+    desc = "dissect pass 2/2: IoU" + (" (kept activations)" if features is not None else "")
+    batches = tqdm(batches, total=total, desc=desc, disable=not progress, leave=False)
+    with contextlib.closing(_layer_features(model, batches, layers, device, features)) as stream:
+        for batch, feats in stream:
             pixel = batch["pixel"].to(device, non_blocking=True)
             scalar = batch["scalar"].to(device, non_blocking=True)
             truth += label_areas(pixel, scalar, num_labels)
             for layer in layers:
-                feats = _features(captured, layer)
-                tallies[layer].add(feats, pixel, scalar)
+                maxima = feats[layer].amax(dim=(2, 3))
+                tallies[layer].add(feats[layer], pixel, scalar, maxima)
                 if examples > 0:
-                    tops.setdefault(layer, TopExamples(feats.shape[1], examples, device=device))
-                    tops[layer].add(feats, batch["index"])
+                    tops.setdefault(layer, TopExamples(feats[layer].shape[1], examples, device=device))
+                    tops[layer].add(feats[layer], batch["index"], maxima)
     return tallies, tops, truth
 
 
-def _check_args(layers, quantile, iou_threshold, batch_size, examples) -> list[str]:
+def _check_args(layers, quantile, iou_threshold, batch_size, examples, feature_cache_mb) -> list[str]:
     check_quantile(quantile)
+    if isinstance(feature_cache_mb, bool) or not isinstance(feature_cache_mb, (int, float)) or not 0 <= feature_cache_mb < float("inf"):
+        raise KdlibError(f"feature_cache_mb = {feature_cache_mb!r} is not valid; valid: a size in MB >= 0 (0 turns the cache off)")
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)) or not 0.0 <= iou_threshold < 1.0:
         raise KdlibError(f"iou_threshold = {iou_threshold!r} is out of range; valid: 0 <= iou_threshold < 1 (0.04 or 0.05)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -257,6 +353,7 @@ def dissect(
     progress: bool = True,
     examples: int = 8,
     num_workers: int = 0,
+    feature_cache_mb: float = 256,
 ) -> DissectResult:
     """Dissect ``layers`` of ``model`` on ``dataset`` (a :class:`~kdlib.data.broden.BrodenDataset`).
 
@@ -266,9 +363,12 @@ def dissect(
     counts, so other thresholds can be asked later). ``device``: None picks CUDA when present.
     ``cache_dir``: reuse per-layer results made with the same weights, layer, dataset, quantile and
     resolution (anything else rebuilds them). ``examples``: top images kept per unit for pictures.
+    ``feature_cache_mb``: keep pass 1's activations (on ``device``) up to this size, so that pass 2
+    needs no second forward pass when they all fit (0: never keep them); the answer is the same either
+    way. ``result.meta["feature_cache"]`` says whether they fitted.
     See the module docstring for the exact definition.
     """
-    layers = _check_args(layers, quantile, iou_threshold, batch_size, examples)
+    layers = _check_args(layers, quantile, iou_threshold, batch_size, examples, feature_cache_mb)
     if len(dataset) == 0:
         raise KdlibError(f"the probe set {getattr(dataset, 'root', '')} has no images; valid: at least one image")
     dev = resolve_device(device)
@@ -320,21 +420,31 @@ def dissect(
                 if hit is not None:
                     done[layer] = hit.with_iou_threshold(iou_threshold)
         todo = [layer for layer in layers if layer not in done]
+        kept = FeatureCache(feature_cache_mb)
         if todo:
-            loader = make_loader(dataset, batch_size, images_only=True, device=dev, num_workers=num_workers)
+            loader = make_loader(dataset, batch_size, "images", dev, num_workers)
             thresholds = compute_thresholds(
-                model, loader, todo, quantile, len(dataset), dev, progress, total=len(loader)
+                model, loader, todo, quantile, len(dataset), dev, progress, total=len(loader), keep=kept
             )
-            loader = make_loader(dataset, batch_size, images_only=False, device=dev, num_workers=num_workers)
-            tallies, tops, truth = compute_tallies(
-                model, loader, todo, thresholds, label_category, len(categories), dev, examples, progress, total=len(loader)
-            )
+            features = kept.batches if kept.complete else None
+            loader = make_loader(dataset, batch_size, "labels" if features is not None else "all", dev, num_workers)
+            try:
+                tallies, tops, truth = compute_tallies(
+                    model, loader, todo, thresholds, label_category, len(categories), dev, examples, progress,
+                    total=len(loader), features=features,
+                )
+            finally:
+                features = None
+                kept.clear()
             for layer in todo:
                 res = _layer_result(layer, tallies[layer], tops.get(layer), truth, label_category, dataset, quantile, iou_threshold, meta)
                 if cache_dir is not None:
                     cache_mod.store(cache_dir, keys[layer], res)
                 done[layer] = res
-    return DissectResult({layer: done[layer] for layer in layers}, meta={**meta, "layers_from_cache": [l for l in layers if done[l].from_cache]})
+    return DissectResult(
+        {layer: done[layer] for layer in layers},
+        meta={**meta, "layers_from_cache": [l for l in layers if done[l].from_cache], "feature_cache": kept.summary()},
+    )
 
 
 def _layer_result(layer, tally: IoUTally, top: TopExamples | None, truth, label_category, dataset, quantile, iou_threshold, meta) -> LayerResult:

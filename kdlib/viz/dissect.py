@@ -2,8 +2,9 @@
 
 Everything here reads a :class:`~kdlib.dissect.result.LayerResult` (and the probe set's images) and
 renders it; nothing is recomputed. A unit's masks come from the maps the dissection kept for its top
-images (``top_maps``): each map is upsampled bilinearly (``align_corners=False``, as in the dissection)
-to the displayed size and compared with the unit's threshold, the way NetDissect draws its strips.
+images (``top_maps``): each map goes through the dissection's own mask rule
+(:func:`kdlib.dissect.tally.unit_mask`: bilinear upsampling to the displayed size, ``map > threshold``),
+the way NetDissect draws its strips.
 Figures are :class:`matplotlib.figure.Figure` objects made without pyplot, so they work headless.
 """
 
@@ -16,7 +17,6 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from kdlib.atomic import atomic_path
 from kdlib.dissect.result import DissectResult, LayerResult
+from kdlib.dissect.tally import unit_mask
 from kdlib.errors import KdlibError
 
 OUTLINE = (255, 230, 0)
@@ -45,9 +46,7 @@ def unit_label(layer: LayerResult, unit: int) -> str:
 
 
 def _mask_at(layer: LayerResult, unit: int, j: int, size: tuple[int, int]) -> np.ndarray:
-    fmap = layer.top_maps[unit, j].float()[None, None]
-    up = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)[0, 0]
-    return (up > layer.thresholds[unit]).numpy()
+    return unit_mask(layer.top_maps[unit, j].float(), layer.thresholds[unit], size).numpy()
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
