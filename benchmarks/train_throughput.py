@@ -40,6 +40,7 @@ METHODS = [
     ("kd+at", [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5}, {"name": "at", "weight": 1000.0}], False),
     ("kd+at, teacher_amp", [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5}, {"name": "at", "weight": 1000.0}], True),
     ("crd", [{"name": "ce"}, {"name": "crd", "weight": 0.8}], False),
+    ("crd, teacher_amp", [{"name": "ce"}, {"name": "crd", "weight": 0.8}], True),
 ]
 
 

@@ -47,4 +47,4 @@ class FixedPermutationKD(KnowledgeDistillation):
     def forward(self, io: StepIO):
         probs = self.teacher_probs(io)
         destination = self.destinations.to(io.targets.device)[io.targets]
-        return soft_kl(io.logits, permute_non_target(probs, io.targets, destination), self.temperature)
+        return soft_kl(io.logits, permute_non_target(probs, destination), self.temperature)

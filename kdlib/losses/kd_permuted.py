@@ -9,8 +9,8 @@ from kdlib.losses.kd import KnowledgeDistillation, soft_kl
 from kdlib.registry import LOSSES
 
 
-def permute_non_target(probs: torch.Tensor, targets: torch.Tensor, destination: torch.Tensor) -> torch.Tensor:
-    """Move ``probs[b, c]`` to column ``destination[b, c]``; ``destination`` must fix each target column."""
+def permute_non_target(probs: torch.Tensor, destination: torch.Tensor) -> torch.Tensor:
+    """Move ``probs[b, c]`` to column ``destination[b, c]`` (each row of ``destination`` fixes its target)."""
     return torch.empty_like(probs).scatter_(1, destination, probs)
 
 
@@ -49,5 +49,5 @@ class PermutedKD(KnowledgeDistillation):
     def forward(self, io: StepIO):
         probs = self.teacher_probs(io)
         destination = random_destinations(io.targets, probs.shape[1])
-        return soft_kl(io.logits, permute_non_target(probs, io.targets, destination), self.temperature)
+        return soft_kl(io.logits, permute_non_target(probs, destination), self.temperature)
 
