@@ -367,6 +367,8 @@ class DissectParams:
     quantile: float = knob(0.005, gt=0.0, lt=1.0, doc="top share of activations kept per unit")
     iou_threshold: float = knob(0.04, gt=0.0, lt=1.0, doc="0.04: Network Dissection; 0.05: Han et al.")
     batch_size: int = knob(64, ge=1)
+    examples: int = knob(8, ge=1, doc="top probe images kept per unit, for unit strips and the unit browser")
+    feature_cache_mb: float = knob(256.0, ge=0.0, doc="keep pass 1's activations for pass 2 up to this size; 0: run the model twice")
 
 
 # --------------------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_cli_dissects_a_random_network(world, tmp_path, capsys):
 
 
 def test_cli_loads_a_checkpoint(world, tmp_path):
-    checkpoint = pytest.importorskip("kdlib.train.checkpoint")
+    checkpoint = pytest.importorskip("kdlib.models.checkpoint")
     from kdlib.dissect.__main__ import main
     from kdlib.models import build
 

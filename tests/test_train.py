@@ -20,7 +20,7 @@ from kdlib.models import build
 from kdlib.params import load_study
 from kdlib.registry import LOSSES
 from kdlib.train import check_study, fit, initial_network, load_model
-from kdlib.train import checkpoint as ckpt
+from kdlib.models import checkpoint as ckpt
 from kdlib.train.data import IndexedSplit, eval_loader
 from kdlib.data.transforms import eval_transform
 from kdlib.train.step import evaluate

@@ -9,8 +9,8 @@
 
 ``--data`` is a Broden folder or a world folder holding ``broden/``. ``--checkpoint`` is read by a loader
 ``module:function`` taking the path and returning ``(model, checkpoint dict)`` (``--loader``; default
-``kdlib.train.checkpoint:load_model``, the training code's own reader of its format, imported only
-then, so dissection itself never imports ``kdlib.train``). The output folder gets, per layer,
+``kdlib.models.checkpoint:load_model``, the reader of kdlib's checkpoint format; another loader reads
+foreign checkpoints). The output folder gets, per layer,
 ``tally_<layer>.csv`` (NetDissect-compatible), ``thresholds_<layer>.npy``, ``iou_<layer>.npy``,
 ``dissect_<layer>.pt`` (reload with ``DissectResult.load``), ``bargraph.png`` (detectors per category),
 ``image/<layer>-<unit>.jpg`` strips, ``summary.csv``, ``dissect.json``, and ``done`` written last.
@@ -32,7 +32,7 @@ from kdlib.errors import KdlibError, cli_main
 
 # The checkpoint format belongs to the training code: read it with the training code's own reader,
 # named here and imported only for --checkpoint (kdlib.dissect itself never imports kdlib.train).
-DEFAULT_LOADER = "kdlib.train.checkpoint:load_model"
+DEFAULT_LOADER = "kdlib.models.checkpoint:load_model"
 
 
 def find_broden(path: str) -> Path:

@@ -14,8 +14,8 @@ other params get another folder. It holds::
     figures/detectors_<layer>.png   detectors per category for every network
     done                   written last
 
-Every trained network is dissected, and so is a random-weight network of each architecture (the null:
-what dissection finds without any learning). The notebooks (``notebooks/``) present these results.
+Every trained network is dissected, and so is each architecture's untrained network, with the very
+weights its runs started from (the null: what dissection finds without any learning). The notebooks (``notebooks/``) present these results.
 """
 
 from __future__ import annotations
@@ -53,18 +53,6 @@ def probe_set(study: StudyParams, world: Path) -> BrodenDataset:
     return BrodenDataset(root)
 
 
-def random_network(model: str, num_classes: int, seed: int) -> torch.nn.Module:
-    """A network of the given architecture with its initial (untrained) weights, from ``seed``."""
-    from kdlib.models import build
-
-    gen_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        return build(model, num_classes).eval()
-    finally:
-        torch.random.set_rng_state(gen_state)
-
-
 def detector_rows(name: str, model: str, kind: str, result) -> list[dict]:
     rows = []
     for layer, res in result.layers.items():
@@ -77,8 +65,8 @@ def detector_rows(name: str, model: str, kind: str, result) -> list[dict]:
 def run_study(study: StudyParams, out: str | Path | None = None, progress: bool = True) -> Path:
     """Run every step of the study that params describe; return the run folder."""
     from kdlib.dissect import dissect
-    from kdlib.train.checkpoint import load_model
-    from kdlib.train.fit import fit
+    from kdlib.models.checkpoint import load_model
+    from kdlib.train.fit import fit, initial_network
     from kdlib.viz.dissect import detector_bar_chart
 
     folder = study_dir(study, out)
@@ -124,12 +112,17 @@ def run_study(study: StudyParams, out: str | Path | None = None, progress: bool 
             net, state = load_model(r.checkpoint)
             num_classes = state["model"]["num_classes"]
             nets.append((name, study.run(name).model, "trained", net))
-        for model in dict.fromkeys(study.run(n).model for n in results):
-            nets.append((f"random-{model}", model, "random", random_network(model, num_classes, study.seed)))
+        # The null: each architecture's untrained network, the exact weights its runs started from.
+        first_run = {}
+        for n in results:
+            first_run.setdefault(study.run(n).model, n)
+        for model, n in first_run.items():
+            nets.append((f"random-{model}", model, "random", initial_network(study, n, num_classes).eval()))
         for name, model, kind, net in nets:
             res = dissect(
                 net, probe, layers=cfg.layers, quantile=cfg.quantile, iou_threshold=cfg.iou_threshold,
                 batch_size=cfg.batch_size, cache_dir=folder / "cache", progress=progress,
+                examples=cfg.examples, feature_cache_mb=cfg.feature_cache_mb,
             )  # fmt: skip
             res.save(folder / "dissect" / name)
             rows += detector_rows(name, model, kind, res)

@@ -9,7 +9,7 @@ from kdlib.losses import build_objective
 from kdlib.losses.base import find_layer
 from kdlib.models import build
 from kdlib.params import StudyParams
-from kdlib.train import checkpoint
+from kdlib.models import checkpoint
 from kdlib.train.optim import check_names
 
 PROBE_CLASSES = 2  # layer names do not depend on the class count

@@ -46,7 +46,7 @@ from kdlib.losses import SetupContext, Stage, build_objective
 from kdlib.models import build
 from kdlib.models.inference import fold_batchnorm
 from kdlib.params import RunParams, StudyParams, TrainParams, to_dict
-from kdlib.train import checkpoint
+from kdlib.models import checkpoint
 from kdlib.train.check import check_study
 from kdlib.train.data import eval_loader, load_splits, train_loader
 from kdlib.train.optim import build_optimizer, build_scheduler, check_names
