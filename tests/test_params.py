@@ -19,6 +19,13 @@ def test_shipped_params_files_validate(name):
     assert study.source.endswith(name)
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in PARAMS.glob("*.yaml")))
+def test_shipped_params_name_real_models_losses_and_layers(name):
+    from kdlib.train.check import check_study
+
+    check_study(load_study(PARAMS / name))  # raises on an unknown model, loss option, layer or teacher
+
+
 def test_tiny_and_default_exist():
     assert (PARAMS / "tiny.yaml").is_file() and (PARAMS / "default.yaml").is_file()
     assert load_study(PARAMS / "tiny.yaml").world.profile == "tiny"
