@@ -146,6 +146,31 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
 
+class PairedLayerTerm(LossTerm):
+    """A term that hooks one student layer (``self.layer``) and one teacher layer (``self.teacher_layer``)."""
+
+    needs_teacher = True
+    layer: str
+    teacher_layer: str
+
+    def student_layers(self) -> tuple[str, ...]:
+        return (self.layer,)
+
+    def teacher_layers(self) -> tuple[str, ...]:
+        return (self.teacher_layer,)
+
+    def feature_map_shapes(self, ctx: SetupContext) -> tuple[torch.Size, torch.Size]:
+        """Student and teacher [C, H, W] at the hooked layers; one line unless both are maps of one size."""
+        s_shape = ctx.output_shape("student", self.layer, self.where)
+        t_shape = ctx.output_shape("teacher", self.teacher_layer, self.where)
+        if len(s_shape) != 3 or s_shape[1:] != t_shape[1:]:
+            raise KdlibError(
+                f"{self.where}: student {self.layer} is {tuple(s_shape)} but teacher {self.teacher_layer} is "
+                f"{tuple(t_shape)}; valid: feature-map layers with equal spatial size"
+            )
+        return s_shape, t_shape
+
+
 def find_layer(model: nn.Module, path: str, where: str) -> nn.Module:
     """``model``'s submodule at ``path``, or one line naming the bad path and the model's top-level layers."""
     try:

@@ -7,7 +7,7 @@ from torch import nn
 from torchdistill.losses.mid_level import CRDLoss
 from torchdistill.models.wrapper import Normalizer4CRD
 
-from kdlib.losses.base import LossTerm, SetupContext, StepIO, check
+from kdlib.losses.base import PairedLayerTerm, SetupContext, StepIO, check
 from kdlib.registry import LOSSES
 
 
@@ -32,7 +32,7 @@ class NegativeSampler(nn.Module):
 
 
 @LOSSES.register("crd")
-class ContrastiveRepresentation(LossTerm):
+class ContrastiveRepresentation(PairedLayerTerm):
     r"""Contrastive representation distillation (Tian, Krishnan & Isola, ICLR 2020).
 
     Student and teacher penultimate features are embedded by trainable linear maps and L2-normalised
@@ -49,8 +49,6 @@ class ContrastiveRepresentation(LossTerm):
     memory update). Han et al. / torchdistill: weight 0.8 beside ``ce``.
     """
 
-    needs_teacher = True
-
     def __init__(
         self, *, layer: str = "avgpool", teacher_layer: str | None = None, feat_dim: int = 128,
         negatives: int = 1024, nce_temperature: float = 0.07, momentum: float = 0.5,
@@ -63,12 +61,6 @@ class ContrastiveRepresentation(LossTerm):
         self.layer, self.teacher_layer = layer, teacher_layer or layer
         self.feat_dim, self.negatives = feat_dim, negatives
         self.nce_temperature, self.momentum = float(nce_temperature), float(momentum)
-
-    def student_layers(self):
-        return (self.layer,)
-
-    def teacher_layers(self):
-        return (self.teacher_layer,)
 
     def setup(self, ctx: SetupContext) -> None:
         s_dim = ctx.output_shape("student", self.layer, self.where).numel()

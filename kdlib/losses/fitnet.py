@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torchdistill.models.adaptation import ConvReg
 
-from kdlib.errors import KdlibError
-from kdlib.losses.base import LossTerm, SetupContext, Stage, StepIO, check
+from kdlib.losses.base import PairedLayerTerm, SetupContext, Stage, StepIO, check
 from kdlib.registry import LOSSES
 
 
 @LOSSES.register("fitnet")
-class FitNet(LossTerm):
+class FitNet(PairedLayerTerm):
     r"""FitNets hint loss (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015).
 
     :math:`L = \mathrm{MSE}\big(r(F_s), F_t\big)` between the teacher's hint layer :math:`F_t` and the
@@ -31,8 +30,6 @@ class FitNet(LossTerm):
     ``hint_lr`` (default 0.001, torchdistill's stage-1 Adam).
     """
 
-    needs_teacher = True
-
     def __init__(
         self, *, layer: str = "layer3", teacher_layer: str | None = None, kernel_size: int = 3,
         reduction: str = "mean", hint_epochs: int = 0, hint_lr: float = 0.001,
@@ -48,20 +45,8 @@ class FitNet(LossTerm):
         self.hint_epochs, self.hint_lr = hint_epochs, float(hint_lr)
         self.regressor = None
 
-    def student_layers(self):
-        return (self.layer,)
-
-    def teacher_layers(self):
-        return (self.teacher_layer,)
-
     def setup(self, ctx: SetupContext) -> None:
-        s_shape = ctx.output_shape("student", self.layer, self.where)
-        t_shape = ctx.output_shape("teacher", self.teacher_layer, self.where)
-        if len(s_shape) != 3 or s_shape[1:] != t_shape[1:]:
-            raise KdlibError(
-                f"{self.where}: student {self.layer} is {tuple(s_shape)} but teacher {self.teacher_layer} is "
-                f"{tuple(t_shape)}; valid: feature-map layers with equal spatial size"
-            )
+        s_shape, t_shape = self.feature_map_shapes(ctx)
         pad = self.kernel_size // 2
         self.regressor = ConvReg(s_shape[0], t_shape[0], self.kernel_size, 1, pad, uses_relu=True)
         self.regressor.to(next(ctx.student.parameters()).device)

@@ -7,13 +7,12 @@ import torch.nn.functional as F
 from torchdistill.losses.mid_level import FTLoss
 from torchdistill.models.wrapper import Paraphraser4FactorTransfer, Translator4FactorTransfer
 
-from kdlib.errors import KdlibError
-from kdlib.losses.base import LossTerm, SetupContext, Stage, StepIO, check
+from kdlib.losses.base import PairedLayerTerm, SetupContext, Stage, StepIO, check
 from kdlib.registry import LOSSES
 
 
 @LOSSES.register("ft")
-class FactorTransfer(LossTerm):
+class FactorTransfer(PairedLayerTerm):
     r"""Factor transfer (Kim, Park & Kwak, "Paraphrasing Complex Network", NeurIPS 2018).
 
     Stage 1 (``paraphraser_epochs``): a convolutional autoencoder (the *paraphraser*, encoder rate ``k``)
@@ -29,8 +28,6 @@ class FactorTransfer(LossTerm):
     (0.001, Adam). Weight 1000 beside ``ce`` in torchdistill's config.
     """
 
-    needs_teacher = True
-
     def __init__(
         self, *, layer: str = "layer4", teacher_layer: str | None = None, k: float = 0.5, p: int = 1,
         paraphraser_epochs: int = 1, paraphraser_lr: float = 0.001,
@@ -44,20 +41,8 @@ class FactorTransfer(LossTerm):
         self.k, self.paraphraser_epochs, self.paraphraser_lr = float(k), paraphraser_epochs, float(paraphraser_lr)
         self.loss = FTLoss(p=p, reduction="mean", paraphraser_path="paraphraser", translator_path="translator")
 
-    def student_layers(self):
-        return (self.layer,)
-
-    def teacher_layers(self):
-        return (self.teacher_layer,)
-
     def setup(self, ctx: SetupContext) -> None:
-        s_shape = ctx.output_shape("student", self.layer, self.where)
-        t_shape = ctx.output_shape("teacher", self.teacher_layer, self.where)
-        if len(s_shape) != 3 or s_shape[1:] != t_shape[1:]:
-            raise KdlibError(
-                f"{self.where}: student {self.layer} is {tuple(s_shape)} but teacher {self.teacher_layer} is "
-                f"{tuple(t_shape)}; valid: feature-map layers with equal spatial size"
-            )
+        s_shape, t_shape = self.feature_map_shapes(ctx)
         device = next(ctx.student.parameters()).device
         self.paraphraser = Paraphraser4FactorTransfer(self.k, t_shape[0], uses_bn=False, uses_decoder=False).to(device)
         factor_channels = int(t_shape[0] * self.k)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torchdistill.losses.mid_level import AuxSSKDLoss, SSKDLoss
 
-from kdlib.losses.base import LossTerm, SetupContext, Stage, StepIO, check
+from kdlib.losses.base import PairedLayerTerm, SetupContext, Stage, StepIO, check
 from kdlib.registry import LOSSES
 
 
@@ -15,7 +15,7 @@ def ss_head(dim: int) -> nn.Sequential:
 
 
 @LOSSES.register("sskd")
-class SelfSupervisedKD(LossTerm):
+class SelfSupervisedKD(PairedLayerTerm):
     r"""SSKD (Xu, Liu, Li & Loy, "Knowledge Distillation Meets Self-Supervision", ECCV 2020).
 
     Every image is fed with its 90/180/270-degree rotations. Stage 1 (``teacher_head_epochs``): a head
@@ -34,7 +34,6 @@ class SelfSupervisedKD(LossTerm):
     (2.7), ``teacher_head_epochs`` (torchdistill: 30 of 130), ``teacher_head_lr`` (0.1, x0.1 at 1/3 and 2/3).
     """
 
-    needs_teacher = True
     views = 4
 
     def __init__(
@@ -59,12 +58,6 @@ class SelfSupervisedKD(LossTerm):
             loss_weights=[0.0, 0.0, float(ss_weight), float(tf_weight)],
         )
         self.aux_loss = AuxSSKDLoss(module_path="head", module_io="output")
-
-    def student_layers(self):
-        return (self.layer,)
-
-    def teacher_layers(self):
-        return (self.teacher_layer,)
 
     def setup(self, ctx: SetupContext) -> None:
         s_dim = ctx.output_shape("student", self.layer, self.where).numel()
