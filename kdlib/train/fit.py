@@ -315,8 +315,11 @@ def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, pro
                 loader = train_loader(splits.train, train.batch_size, derive(study.seed, "order", epoch), train.num_workers, pin)
                 student.train()
                 objective.train()
-                sums: dict[str, float] = {}
-                seen, correct, total = 0, 0, 0.0
+                # Running sums stay on the device (loss, correct, each term): the only per-step host sync
+                # is the finiteness check; the progress bar reads the sums every few steps.
+                labels: list[str] = []
+                acc_sums: Optional[torch.Tensor] = None
+                seen = 0
                 bar = tqdm(loader, desc=f"{run.name} epoch {epoch}/{train.epochs}", disable=not progress, leave=False)
                 for step, (images, targets, indices) in enumerate(bar):
                     io_ = forwarder(images, targets, indices, epoch=epoch, step=step)
@@ -325,11 +328,15 @@ def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, pro
                     stepper(loss)
                     b = io_.targets.numel()
                     seen += b
-                    total += loss.item() * b
-                    correct += (io_.logits.argmax(1) == io_.targets).sum().item()
-                    for label, value in values.items():
-                        sums[label] = sums.get(label, 0.0) + value.item() * b
-                    bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
+                    labels = list(values)
+                    batch = torch.stack([loss.detach().float() * b, (io_.logits.argmax(1) == io_.targets).sum().float(),
+                                         *(v.detach().float() * b for v in values.values())])
+                    acc_sums = batch if acc_sums is None else acc_sums + batch
+                    if progress and step % 20 == 0:
+                        bar.set_postfix(loss=f"{acc_sums[0].item() / seen:.4f}", acc=f"{acc_sums[1].item() / seen:.3f}")
+                totals = acc_sums.tolist()
+                total, correct = totals[0], totals[1]
+                sums = dict(zip(labels, totals[2:]))
                 scheduler.step()
                 val_loss, val_acc = evaluate(student, val_loader, device, train.amp, train.channels_last)
                 row = {"epoch": epoch, "lr": lr, "loss": total / seen}
