@@ -23,7 +23,7 @@ world: setup
 	$(PY) -m kdlib.data.world --params $(PARAMS)
 
 study: setup
-	$(PY) -m kdlib.runs $(PARAMS)
+	$(PY) -m kdlib.runs run $(PARAMS)
 
 test: setup
 	$(PY) -m pytest

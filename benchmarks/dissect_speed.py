@@ -52,8 +52,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from kdlib.data.broden import BrodenDataset  # noqa: E402
 from kdlib.dissect import compute_tallies, compute_thresholds, dissect  # noqa: E402
-from kdlib.dissect.engine import FeatureCache, make_loader, resolve_device  # noqa: E402
-from kdlib.dissect.nethook import capture_layers  # noqa: E402
+from kdlib.device import resolve_device  # noqa: E402
+from kdlib.dissect.engine import FeatureCache, make_loader  # noqa: E402
+from kdlib.models.nethook import capture_layers  # noqa: E402
 from kdlib.dissect.quantile import check_quantile  # noqa: E402
 
 
@@ -65,7 +66,7 @@ from kdlib.dissect.quantile import check_quantile  # noqa: E402
 def find_probe(path: str | None) -> Path:
     if path is None:
         out = Path(tempfile.gettempdir()) / "kdlib-bench-world-default"
-        from kdlib.data.profiles import PROFILES
+        from kdlib.params import PROFILES
         from kdlib.data.world import generate
 
         print(f"generating the default world in {out} (once; about a minute on 2 cores) ...", flush=True)

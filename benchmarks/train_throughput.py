@@ -23,8 +23,10 @@ from kdlib.losses import SetupContext, build_objective
 from kdlib.models import build
 from kdlib.models.inference import fold_batchnorm
 from kdlib.params import load_study
-from kdlib.train.data import load_splits, train_loader
-from kdlib.train.fit import Stepper, pick_device, teacher_channels_last
+from kdlib.data.splits import load_splits
+from kdlib.train.loaders import train_loader
+from kdlib.device import resolve_device
+from kdlib.train.fit import Stepper, teacher_channels_last
 from kdlib.train.optim import build_optimizer
 from kdlib.train.seeding import deterministic
 from kdlib.train.step import Forwarder
@@ -91,9 +93,9 @@ def main(argv=None) -> int:
 
 
 def _run(study, args) -> int:
-    device = pick_device(study.train.device, study.source)
+    device = resolve_device(study.train.device, f"{study.source}: train.device")
     splits = load_splits(study, study.train, progress=True)
-    teacher_name = study.teacher.model if study.teacher else "resnet34_w16"
+    teacher_name = study.teachers[0].model if study.teachers else "resnet34_w16"
     teacher = fold_batchnorm(build(teacher_name, len(splits.classes))).to(device).requires_grad_(False)
     if teacher_channels_last(device, study.train):
         teacher = teacher.to(memory_format=torch.channels_last)

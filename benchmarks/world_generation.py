@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdlib.data.profiles import PROFILES
+from kdlib.params import PROFILES
 from kdlib.data.world import generate
 
 BUDGET_S = {"tiny": 10.0, "default": 120.0}

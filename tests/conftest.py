@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from kdlib.data.profiles import PROFILES
+from kdlib.params import PROFILES
 from kdlib.data.world import generate
 
 # Tests run on 2 cores next to each other; keep torch to one thread per process unless asked.

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from kdlib.data.broden import collate_broden
-from kdlib.dissect.nethook import capture_layers
+from kdlib.models.nethook import capture_layers
 from kdlib.dissect.tally import unit_mask
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from kdlib.data import world as world_mod
 from kdlib.data.broden import BrodenDataset, BrodenWriter, collate_broden, decode_segmentation, encode_segmentation
 from kdlib.data.concepts import CATEGORIES, build_ontology
-from kdlib.data.profiles import PROFILES
+from kdlib.params import PROFILES
 from kdlib.data.transforms import MEAN, STD
 from kdlib.errors import KdlibError
 

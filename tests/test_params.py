@@ -46,11 +46,11 @@ def test_tiny_and_default_exist():
         ({"world": {"colour": "red"}}, "x.yaml: world.colour is an unknown key; valid keys: "),
         ({"dissect": {"quantile": 1.0}}, "x.yaml: dissect.quantile = 1.0 is out of range; valid: > 0.0 and < 1.0"),
         ({"dissect": {"layers": "layer4"}}, "x.yaml: dissect.layers = 'layer4' has the wrong type; valid: a list of a string"),
-        ({"teacher": {"name": "t"}}, "x.yaml: teacher.model is missing; it is required (a string)"),
-        ({"teacher": {"name": "t", "model": "m", "loss": []}}, "x.yaml: teacher.loss = [] is not valid"),
+        ({"teachers": [{"name": "t"}]}, "x.yaml: teachers[0].model is missing; it is required (a string)"),
+        ({"teachers": [{"name": "t", "model": "m", "loss": []}]}, "x.yaml: teachers[0].loss = [] is not valid"),
         (
-            {"teacher": {"name": "t", "model": "m"}, "students": [{"name": "s", "model": "m", "teacher": {"run": "x"}}]},
-            "x.yaml: students.s.teacher.run = 'x' names no run; valid: t, s",
+            {"teachers": [{"name": "t", "model": "m"}], "students": [{"name": "s", "model": "m", "teacher": {"run": "x"}}]},
+            "x.yaml: students.s.teacher.run = 'x' names no teacher; valid: t",
         ),
         ([1, 2], "x.yaml: top level = list is not valid; valid: a mapping of sections"),
     ],
@@ -69,12 +69,13 @@ def test_world_profile_then_overrides():
 
 
 def test_run_train_overrides_merge_and_validate():
-    study = parse_study({"train": {"epochs": 5}, "teacher": {"name": "t", "model": "m", "train": {"batch_size": 7}}}, "x.yaml")
-    merged = study.train_for(study.teacher)
+    study = parse_study({"train": {"epochs": 5, "schedule": {"milestones": [2]}},
+                         "teachers": [{"name": "t", "model": "m", "train": {"batch_size": 7}}]}, "x.yaml")
+    merged = study.train_for(study.teachers[0])
     assert (merged.epochs, merged.batch_size) == (5, 7)
-    bad = parse_study({"teacher": {"name": "t", "model": "m", "train": {"bach_size": 7}}}, "x.yaml")
+    bad = parse_study({"teachers": [{"name": "t", "model": "m", "train": {"bach_size": 7}}]}, "x.yaml")
     with pytest.raises(KdlibError, match="t.train.bach_size is an unknown key"):
-        bad.train_for(bad.teacher)
+        bad.train_for(bad.teachers[0])
 
 
 def test_world_dir_names_profile_seed_and_overrides():

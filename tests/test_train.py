@@ -21,11 +21,13 @@ from kdlib.params import load_study
 from kdlib.registry import LOSSES
 from kdlib.train import check_study, fit, initial_network, load_model
 from kdlib.models import checkpoint as ckpt
-from kdlib.train.data import IndexedSplit, eval_loader
+from kdlib.data.splits import IndexedSplit
+from kdlib.train.loaders import eval_loader
 from kdlib.data.transforms import eval_transform
 from kdlib.train.step import evaluate
 
-from train_helpers import study, study_file, trained_teacher
+from kdlib.layout import StudyFolder
+from train_helpers import fit_named, run_folder, study, study_file, trained_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = {"name": "scratch", "model": "resnet8_w8"}
@@ -57,11 +59,12 @@ def rows(path: Path) -> list[dict]:
 
 def test_run_folder_layout_and_last_epoch_weights(tiny_world, tmp_path):
     s = study(tmp_path, tiny_world, [SCRATCH])
-    result = fit(s, "scratch", progress=False)
-    folder = tmp_path / "outputs" / "study" / "scratch"
-    assert result.run_dir == str(folder)
+    result = fit_named(s, "scratch")
+    folder = run_folder(s, "scratch-s0")
+    assert result.run_dir == str(folder) and result.name == "scratch-s0"
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "done", "metrics.csv", "params.yaml"]
-    assert json.loads((folder / "done").read_text())["epoch"] == result.epoch == 2
+    done = json.loads((folder / "done").read_text())
+    assert done["kind"] == "train" and done["epoch"] == result.epoch == 2
     history = rows(folder / "metrics.csv")
     assert [r["epoch"] for r in history] == ["1", "2"]
     assert set(history[0]) == {"epoch", "lr", "loss", "loss.ce", "train_acc", "val_loss", "val_acc"}
@@ -70,7 +73,7 @@ def test_run_folder_layout_and_last_epoch_weights(tiny_world, tmp_path):
     assert state["epoch"] == 2 and not model.training
     val = IndexedSplit(tiny_world, "val", eval_transform(24))
     assert evaluate(model, eval_loader(val, 16, 0, False), torch.device("cpu"))[1] == pytest.approx(result.val_acc)
-    again = fit(s, "scratch", progress=False)  # finished: returned as it is, nothing retrained
+    again = fit_named(s, "scratch")  # finished: returned as it is, nothing retrained
     assert again == result and same_weights(weights(folder / "checkpoint.pt"), state["model_state"])
 
 
@@ -78,12 +81,12 @@ def test_same_params_same_weights_other_seed_other_weights(tiny_world, tmp_path,
     runs = []
     for name, seed_dir in (("a", "one"), ("b", "two")):
         s = study(tmp_path / seed_dir, tiny_world, [kd_permuted(teacher)], teacher_amp=True)
-        runs.append(fit(s, "kdp", progress=False))
+        runs.append(fit_named(s, "kdp"))
     assert same_weights(weights(Path(runs[0].checkpoint)), weights(Path(runs[1].checkpoint)))
     assert rows(Path(runs[0].run_dir) / "metrics.csv") == rows(Path(runs[1].run_dir) / "metrics.csv")
     other = load_study(study_file(tmp_path / "three", tiny_world, [kd_permuted(teacher)], teacher_amp=True))
     other = dataclasses.replace(other, seed=1)
-    third = fit(other, "kdp", progress=False)
+    third = fit_named(other, "kdp")
     assert not same_weights(weights(Path(runs[0].checkpoint)), weights(Path(third.checkpoint)))
 
 
@@ -97,7 +100,7 @@ def test_killed_run_resumes_to_identical_weights(tiny_world, tmp_path, teacher):
     done = _cli(str(params), "--quiet", "--out", str(tmp_path / "whole"))
     assert done.returncode == 0, done.stderr
 
-    folder = tmp_path / "killed" / "kdp"
+    folder = tmp_path / "killed" / "runs" / "kdp-s0"
     proc = subprocess.Popen([sys.executable, "-m", "kdlib.train", str(params), "--quiet", "--out", str(tmp_path / "killed")],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -112,8 +115,8 @@ def test_killed_run_resumes_to_identical_weights(tiny_world, tmp_path, teacher):
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads((folder / "done").read_text())
     assert result["resumed_from"] == state["epoch"]
-    assert same_weights(weights(folder / "checkpoint.pt"), weights(tmp_path / "whole" / "kdp" / "checkpoint.pt"))
-    assert rows(folder / "metrics.csv") == rows(tmp_path / "whole" / "kdp" / "metrics.csv")
+    assert same_weights(weights(folder / "checkpoint.pt"), weights(tmp_path / "whole" / "runs" / "kdp-s0" / "checkpoint.pt"))
+    assert rows(folder / "metrics.csv") == rows(tmp_path / "whole" / "runs" / "kdp-s0" / "metrics.csv")
 
 
 def test_cli_trains_teacher_then_student_and_reports_errors_in_one_line(tiny_world, tmp_path):
@@ -122,7 +125,7 @@ def test_cli_trains_teacher_then_student_and_reports_errors_in_one_line(tiny_wor
                         teacher={"name": "teacher", "model": "resnet8_w8"}, epochs=1)
     out = _cli(str(params), "--quiet")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[1].startswith("teacher: epoch 1") and out.stdout.splitlines()[2].startswith("kd: epoch 1")
+    assert out.stdout.splitlines()[1].startswith("teacher: epoch 1") and out.stdout.splitlines()[2].startswith("kd-s0: epoch 1")
     bad = study_file(tmp_path / "bad", tiny_world, [{"name": "s", "model": "resnet8_w8"}], optimizer={"name": "adamx", "lr": 0.1})
     out = _cli(str(bad))
     assert out.returncode == 2
@@ -135,7 +138,7 @@ def test_student_of_an_unfinished_teacher_run(tiny_world, tmp_path):
     s = study(tmp_path, tiny_world, [{"name": "kd", "model": "resnet8_w8", "teacher": {"run": "teacher"},
                                       "loss": [{"name": "kd"}]}], teacher={"name": "teacher", "model": "resnet8_w8"})
     with pytest.raises(KdlibError, match=r"kd.teacher.run = 'teacher' has not finished .* valid: train it first"):
-        fit(s, "kd", progress=False)
+        fit_named(s, "kd")
 
 
 @pytest.mark.parametrize(
@@ -156,7 +159,7 @@ def test_bad_runs_fail_before_training(tiny_world, tmp_path, student, train, mes
         check_study(s)
     assert message in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(KdlibError) as e:
-        fit(s, "s", progress=False)
+        fit_named(s, "s")
     assert message.split(";")[0].split(": ", 1)[-1] in str(e.value)
 
 
@@ -164,7 +167,7 @@ def test_a_layer_the_model_lacks(tiny_world, tmp_path, teacher):
     s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "teacher": {"checkpoint": str(teacher)},
                                       "loss": [{"name": "at", "layers": ["layer4"]}]}])
     message = "s.loss[0] (at) (student resnet8_w8): layer 'layer4' is not in the model; valid: a module path such as conv1, bn1"
-    for call in (lambda: check_study(s), lambda: fit(s, "s", progress=False)):
+    for call in (lambda: check_study(s), lambda: fit_named(s, "s")):
         with pytest.raises(KdlibError) as e:
             call()
         assert message in str(e.value) and "\n" not in str(e.value)
@@ -179,7 +182,7 @@ def test_truncated_and_foreign_teacher_checkpoints(tiny_world, tmp_path, teacher
         s = study(tmp_path / path.stem, tiny_world, [{"name": "s", "model": "resnet8_w8", "teacher": {"checkpoint": str(path)},
                                                       "loss": [{"name": "kd"}]}])
         with pytest.raises(KdlibError) as e:
-            fit(s, "s", progress=False)
+            fit_named(s, "s")
         assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
 
 
@@ -190,20 +193,25 @@ def test_teacher_with_another_class_count(tiny_world, tmp_path):
     s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "teacher": {"checkpoint": str(other)},
                                       "loss": [{"name": "kd"}]}])
     with pytest.raises(KdlibError) as e:
-        fit(s, "s", progress=False)
+        fit_named(s, "s")
     assert str(e.value).endswith(f"teacher checkpoint {str(other)!r} has 5 classes but the data has 6; valid: a checkpoint trained on the same classes")
     with pytest.raises(KdlibError, match="holds model 'resnet8_w8'; valid: a checkpoint of 'resnet20'"):
         load_model(other, model="resnet20")
 
 
 def test_resuming_with_other_params_refuses(tiny_world, tmp_path):
-    fit(study(tmp_path, tiny_world, [SCRATCH]), "scratch", progress=False)
+    """Other params get another study folder (the run id); told to reuse a folder, fit refuses one made
+    from other params."""
+    first = study(tmp_path, tiny_world, [SCRATCH])
+    fit_named(first, "scratch")
+    folder = StudyFolder.for_study(first)
     changed = study(tmp_path, tiny_world, [SCRATCH], epochs=3)
+    assert StudyFolder.for_study(changed) != folder
     with pytest.raises(KdlibError, match=r"holds a run made from other params \(train.epochs: 2 != 3\)"):
-        fit(changed, "scratch", progress=False)
+        fit_named(changed, "scratch", folder=folder)
     other_model = study(tmp_path, tiny_world, [{"name": "scratch", "model": "resnet14_w8"}])
     with pytest.raises(KdlibError, match="holds model 'resnet8_w8'; valid: a checkpoint of 'resnet14_w8'"):
-        fit(other_model, "scratch", progress=False)
+        fit_named(other_model, "scratch", folder=folder)
 
 
 class _NanFrom(LossTerm):
@@ -225,8 +233,8 @@ if "test_nan" not in LOSSES:
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny_world, tmp_path):
     s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "loss": [{"name": "test_nan", "epoch": 2}]}], epochs=3)
     with pytest.raises(KdlibError) as e:
-        fit(s, "s", progress=False)
-    folder = tmp_path / "outputs" / "study" / "s"
+        fit_named(s, "s")
+    folder = run_folder(s, "s-s0")
     assert "loss is nan at epoch 2, step 0; stopped, the last good checkpoint (epoch 1) is kept at" in str(e.value)
     assert "\n" not in str(e.value)
     assert ckpt.load(folder / "checkpoint.pt")["epoch"] == 1 and not (folder / "done").exists()
@@ -237,11 +245,11 @@ def test_checkpoint_zero_holds_the_initial_network(tiny_world, tmp_path):
     """A NaN at the first step leaves checkpoint 0: the weights fit started from, which initial_network rebuilds."""
     s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "loss": [{"name": "test_nan", "epoch": 1}]}])
     with pytest.raises(KdlibError, match=r"\(epoch 0\) is kept"):
-        fit(s, "s", progress=False)
-    state = ckpt.load(tmp_path / "outputs" / "study" / "s" / "checkpoint.pt")
+        fit_named(s, "s")
+    state = ckpt.load(run_folder(s, "s-s0") / "checkpoint.pt")
     assert state["epoch"] == 0
-    assert same_weights(state["model_state"], initial_network(s, "s", 6).state_dict())
-    assert not same_weights(state["model_state"], initial_network(dataclasses.replace(s, seed=1), "s", 6).state_dict())
+    assert same_weights(state["model_state"], initial_network(s.run("s"), 6, seed=0).state_dict())
+    assert not same_weights(state["model_state"], initial_network(s.run("s"), 6, seed=1).state_dict())
 
 
 def test_shipped_tiny_params_check(tiny_world):

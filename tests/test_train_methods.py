@@ -12,10 +12,10 @@ from kdlib.losses import SetupContext, build_objective
 from kdlib.models import build
 from kdlib.registry import LOSSES
 from kdlib.train import fit, load_model
-from kdlib.train.data import IndexedSplit
+from kdlib.data.splits import IndexedSplit
 from kdlib.train.step import Forwarder
 
-from train_helpers import study, trained_teacher
+from train_helpers import fit_named, study, trained_teacher
 
 METHODS = {
     "ce": {},
@@ -115,7 +115,7 @@ def test_method_runs_through_fit(name, teacher, tiny_world, tmp_path):
     s = study(tmp_path, tiny_world, [{"name": name, "model": "resnet18_w8", "teacher": {"checkpoint": str(teacher)},
                                        "loss": [{"name": "ce", "weight": 1.0}, {"name": name, "weight": 1.0, **options}]}],
               epochs=1)
-    result = fit(s, name, progress=False)
+    result = fit_named(s, name)
     assert result.epoch == 1 and 0.0 <= result.val_acc <= 1.0
     state = torch.load(result.checkpoint, weights_only=False)
     aux = {k.split(".")[1] for k in state["objective_state"]}

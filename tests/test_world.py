@@ -16,7 +16,7 @@ import torch
 from kdlib.data import world as world_mod
 from kdlib.data.concepts import CATEGORIES, build_ontology
 from kdlib.data.imagefolder import load_split
-from kdlib.data.profiles import PROFILES
+from kdlib.params import PROFILES
 from kdlib.data.world import content_hash, generate, read_manifest
 from kdlib.errors import KdlibError
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from kdlib.layout import StudyFolder
 from kdlib.params import StudyParams, load_study
 
 TRAIN = {
@@ -23,8 +24,10 @@ def study_file(folder: Path, world: Path, students: list[dict], teacher: dict | 
         "seed": 0, "world": {"profile": "tiny"}, "data": {"imagefolder": str(world)},
         "output_root": str(folder / "outputs"), "train": {**TRAIN, **train}, "students": students,
     }
+    if data["train"]["epochs"] < 2 and "schedule" not in train:  # a milestone must fall inside the epochs
+        data["train"]["schedule"] = {**TRAIN["schedule"], "milestones": []}
     if teacher is not None:
-        data["teacher"] = teacher
+        data["teachers"] = [teacher]
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -34,10 +37,23 @@ def study(folder: Path, world: Path, students: list[dict], teacher: dict | None 
     return load_study(study_file(folder, world, students, teacher, **train))
 
 
+def run_folder(s: StudyParams, key: str) -> Path:
+    """Where the network ``key`` (``teacher``, ``scratch-s0``) of ``s`` trains: its study folder's ``runs/<key>``."""
+    return StudyFolder.for_study(s).run(key)
+
+
+def fit_named(s: StudyParams, name: str, seed: int | None = None, folder: StudyFolder | None = None):
+    """``fit`` the run ``name`` of ``s`` (at ``seed``, default the study's first) into ``folder`` (default:
+    the study's own folder)."""
+    from kdlib.train import fit, teacher_checkpoint
+
+    inst = next(i for i in s.instances([name]) if seed is None or i.seed == seed)
+    folder = folder or StudyFolder.for_study(s)
+    return fit(s, inst, folder.run(inst.key), teacher_checkpoint(s, inst, folder), progress=False)
+
+
 def trained_teacher(base: Path, world: Path) -> Path:
     """A 4-stage teacher (resnet18_w8) trained 2 epochs on the tiny world; fit() makes it once per session
     (a finished run folder is returned as it is)."""
-    from kdlib.train import fit
-
     s = study(base / "teacher-study", world, [], teacher={"name": "teacher", "model": "resnet18_w8"})
-    return Path(fit(s, "teacher", progress=False).checkpoint)
+    return Path(fit_named(s, "teacher").checkpoint)

@@ -51,9 +51,8 @@ from kdlib.data.concepts import (
     Ontology,
     build_ontology,
 )
-from kdlib.data.profiles import PROFILES
 from kdlib.errors import KdlibError, cli_main
-from kdlib.params import WorldParams, to_dict
+from kdlib.params import PROFILES, WorldParams, to_dict, world_dir_name
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test", "probe")
@@ -264,17 +263,6 @@ def jobs_for(onto: Ontology, params: WorldParams, seed: int) -> dict[str, list[J
 # --------------------------------------------------------------------------------------------
 # The whole world
 # --------------------------------------------------------------------------------------------
-
-
-def world_dir_name(params: WorldParams, seed: int) -> str:
-    """``world-<profile>-s<seed>``, plus a short hash of the params when they differ from the profile's."""
-    name = f"world-{params.profile}-s{seed}"
-    base = PROFILES.get(params.profile)
-    content = to_dict(params) | {"seed": None}  # the seed is already in the name
-    if base is None or to_dict(base) != content:
-        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
-        name += f"-{digest}"
-    return name
 
 
 def manifest_key(params: WorldParams, seed: int) -> dict:

@@ -8,13 +8,13 @@
     result["layer4"].detectors()    # units whose best IoU > iou_threshold
     result.save("outputs/run/dissect")
 
-Modules: ``nethook`` (capture layers by name), ``quantile`` (exact streaming top-k), ``tally`` (IoU
+Modules (layers are captured by :mod:`kdlib.models.nethook`): ``quantile`` (exact streaming top-k), ``tally`` (IoU
 counts), ``result`` (tables, detectors, storage), ``cache``, ``engine`` (the two passes), ``__main__``
 (the command line: ``python -m kdlib.dissect --help``).
 """
 
-from kdlib.dissect.engine import compute_tallies, compute_thresholds, dissect, resolve_device
-from kdlib.dissect.nethook import capture_layers, layer_names
+from kdlib.dissect.engine import compute_tallies, compute_thresholds, dissect
+from kdlib.models.nethook import capture_layers, layer_names
 from kdlib.dissect.quantile import TopK
 from kdlib.dissect.result import DissectResult, LayerResult
 
@@ -22,7 +22,6 @@ __all__ = [
     "dissect",
     "compute_thresholds",
     "compute_tallies",
-    "resolve_device",
     "capture_layers",
     "layer_names",
     "TopK",

@@ -51,24 +51,12 @@ from tqdm.auto import tqdm
 
 from kdlib.data.broden import collate_broden
 from kdlib.dissect import cache as cache_mod
-from kdlib.dissect.nethook import capture_layers
+from kdlib.models.nethook import capture_layers
 from kdlib.dissect.quantile import TopK, check_quantile
 from kdlib.dissect.result import DissectResult, LayerResult
 from kdlib.dissect.tally import UPSAMPLE, IoUTally, TopExamples, label_areas
+from kdlib.device import resolve_device
 from kdlib.errors import KdlibError
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None or "auto" -> CUDA when present, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise KdlibError(f"device = {device!r} is not valid; valid: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise KdlibError(f"device = {device!r} but CUDA is not available here; valid: auto or cpu")
-    return dev
 
 
 class _Part(Dataset):

@@ -1,10 +1,14 @@
-"""Checkpoints: one file per run holding everything needed to resume, written atomically.
+"""Checkpoints: one file per run holding everything needed to resume, written atomically, read safely.
 
-A checkpoint is a ``torch.save`` dict with ``format`` (``kdlib-checkpoint/1``), ``model`` (name, kwargs,
+A checkpoint is a ``torch.save`` dict with ``format`` (``kdlib-checkpoint/2``), ``model`` (name, kwargs,
 num_classes, classes), ``identity`` (the params it was made from), ``epoch`` (last completed, 0 = before
 the first), ``model_state``, ``objective_state`` (auxiliary modules and buffers of the loss terms),
 ``optimizer_state``, ``scheduler_state``, ``scaler_state``, ``rng`` and ``sampler`` state, and the per-epoch
-``history``. :func:`load_model` rebuilds the network from it for any later step (dissection, metrics).
+``history``. Everything in it is a tensor or plain Python data, so it is read with
+``torch.load(weights_only=True)``: a file crafted to run code when unpickled is refused before anything
+in it runs, whoever shared it. Format 1 (kdlib 0.1 before this change) stored NumPy's RNG state as an
+array and cannot be read safely; it is refused with a line saying so. :func:`load_model` rebuilds the
+network for any later step (dissection, metrics).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from kdlib import atomic
 from kdlib.errors import KdlibError
 from kdlib.models import build
 
-FORMAT = "kdlib-checkpoint/1"
+FORMAT = "kdlib-checkpoint/2"
+OLD_FORMATS = ("kdlib-checkpoint/1",)
 
 
 def save(path: str | os.PathLike, state: dict) -> None:
@@ -40,12 +45,19 @@ def load(path: str | os.PathLike, what: str = "checkpoint") -> dict:
     if not path.is_file():
         raise KdlibError(f"{what} {str(path)!r} does not exist; valid: a kdlib checkpoint.pt or its run folder")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise KdlibError(
+            f"{what} {str(path)!r} holds objects other than tensors and plain data (it could run code when "
+            f"loaded), so it is refused unread; valid: a kdlib checkpoint ({FORMAT})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise KdlibError(
             f"{what} {str(path)!r} cannot be read ({type(exc).__name__}: truncated or not a checkpoint); "
             "valid: a complete kdlib checkpoint"
         ) from None
+    if isinstance(state, dict) and state.get("format") in OLD_FORMATS:
+        raise KdlibError(f"{what} {str(path)!r} is an old {state['format']} checkpoint; valid: one written by this kdlib ({FORMAT}): retrain it")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise KdlibError(f"{what} {str(path)!r} is not a kdlib checkpoint; valid: a file written by kdlib.train ({FORMAT})")
     return state

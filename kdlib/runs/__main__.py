@@ -1,4 +1,4 @@
-"""``python -m kdlib.runs PARAMS.yaml [--out DIR] [--quiet]``: run the whole study headless (``make study``)."""
+"""``python -m kdlib.runs run PARAMS.yaml [--out DIR] [--quiet]``: run the whole study headless (``make study``)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,26 @@ from kdlib.errors import cli_main
 from kdlib.params import load_study
 
 
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kdlib.runs", description="Run a study: world, training, dissection, tables.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one study into its run folder")
+    run.add_argument("params", help="study params YAML, e.g. params/default.yaml")
+    run.add_argument("--out", default=None, help="run folder (default: <output_root>/<run id>)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kdlib.runs", description="Run a study: world, training, dissection, tables.")
-    p.add_argument("params", help="study params YAML, e.g. params/default.yaml")
-    p.add_argument("--out", default=None, help="run folder (default: <output_root>/<params stem>-<params hash>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
+    args = _parser().parse_args(argv)
     study = load_study(args.params)
     from kdlib.runs.study import run_study
 
     folder = run_study(study, args.out, progress=not args.quiet)
     print(f"study done: {folder}")
-    for name in ("accuracy.csv", "detectors.csv"):
-        print(f"  {folder / 'tables' / name}")
+    for name in ("accuracy", "detectors"):
+        print(f"  {folder / 'tables' / (name + '.csv')}")
     return 0
 
 

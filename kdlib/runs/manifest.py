@@ -65,6 +65,7 @@ class Manifest:
     folder: Path
     params: dict[str, Any]
     seed: int
+    seeds: list[int] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     steps: list[str] = field(default_factory=list)
@@ -73,6 +74,7 @@ class Manifest:
         return {
             "params": self.params,
             "seed": self.seed,
+            "seeds": self.seeds,
             "git": git_commit(Path(__file__).resolve().parents[2]),
             "packages": package_versions(),
             "machine": machine(),

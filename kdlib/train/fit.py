@@ -1,25 +1,26 @@
-"""Train one run of a study: ``fit(study, "kd") -> RunResult``.
+"""Train one network of a study: ``fit(study, study.instance("kd-s0"), folder) -> RunResult``.
 
-Run folder ``<out>/<run name>/`` (``<out>`` defaults to ``<output_root>/<params file stem>``)::
+A network is a run of the params file and a seed (:class:`kdlib.params.RunInstance`); its folder is given
+by the caller (``StudyFolder.run(key)`` of :mod:`kdlib.layout`, which names every file below)::
 
     params.yaml     the resolved params the run was made from (run, merged train section, seed, data, teacher)
     checkpoint.pt   the latest completed epoch: weights, optimizer, scheduler, RNG, sampler, history
                     (atomic; epoch 0 = after any pre-training stages, before the first epoch)
     metrics.csv     one row per epoch: lr, total and per-term loss, train/val loss and accuracy, seconds
-    done            written last: the RunResult as JSON (its ``epoch`` is the epoch whose weights are kept:
+    done            written last: the RunResult (its ``epoch`` is the epoch whose weights are kept:
                     always the last one; no best-epoch selection)
 
-The teacher of a distillation run (``teacher: {run: NAME}``, a finished run of the same study, or
+The teacher of a distillation run (``teacher: {run: NAME}``, a finished teacher of the same study, or
 ``teacher: {checkpoint: PATH}``, any kdlib checkpoint with the same classes) is frozen: eval mode,
 ``requires_grad`` off, forward under ``no_grad``; its BatchNorms are folded into the convolutions
 (:mod:`kdlib.models.inference`), it runs channels_last on the CPU, and in bfloat16/float16 with
 ``train.teacher_amp``. Pre-training stages of loss terms (FT's paraphraser, SSKD's teacher head, a
 FitNets hint stage) run before epoch 1 and are part of checkpoint 0.
 
-Determinism: the study seed drives initialisation (``derive(seed, "init")``, see
-:func:`initial_network`) and, for every epoch, the
-data order, augmentation and loss randomness (``derive(seed, "epoch", e)``), so the same params and seed
-on the same machine give identical weights, and a run killed at any point resumes from its last
+Determinism: the network's seed drives initialisation (``derive(seed, "init")``, see
+:func:`initial_network`) and, for every epoch, the data order, augmentation and loss randomness
+(``derive(seed, "epoch", e)``), so the same params and seed on the same machine (and the same number of
+torch threads) give identical weights, and a run killed at any point resumes from its last
 checkpoint to the same final weights. Resuming checks that the folder's checkpoint was made from the
 same params; a finished run (``done`` present) is returned without retraining.
 """
@@ -27,7 +28,6 @@ same params; a finished run (``done`` present) is returned without retraining.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import time
@@ -40,15 +40,18 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from kdlib import atomic
+from kdlib import atomic, layout
+from kdlib.device import resolve_device
+from kdlib.digest import json_digest
 from kdlib.errors import KdlibError
 from kdlib.losses import SetupContext, Stage, build_objective
 from kdlib.models import build
 from kdlib.models.inference import fold_batchnorm
-from kdlib.params import RunParams, StudyParams, TrainParams, to_dict
 from kdlib.models import checkpoint
+from kdlib.params import RunInstance, RunParams, StudyParams, TrainParams, to_dict
 from kdlib.train.check import check_study
-from kdlib.train.data import eval_loader, load_splits, train_loader
+from kdlib.data.splits import load_splits
+from kdlib.train.loaders import eval_loader, train_loader
 from kdlib.train.optim import build_optimizer, build_scheduler, check_names
 from kdlib.train.seeding import derive, deterministic, rng_state, seed_everything, set_rng_state
 from kdlib.train.step import Forwarder, evaluate
@@ -67,38 +70,11 @@ class RunResult:
     resumed_from: Optional[int] = None  # epoch this session resumed from (None: fresh, or already done)
 
 
-def output_dir(study: StudyParams, out: Optional[str] = None) -> Path:
-    """Where a study's run folders go: ``out``, else ``<output_root>/<params file stem>``."""
-    if out is not None:
-        return Path(out)
-    stem = Path(study.source).stem if study.source.endswith((".yaml", ".yml")) else "study"
-    return Path(study.output_root) / stem
-
-
-def run_dir(study: StudyParams, name: str, out: Optional[str] = None) -> Path:
-    return output_dir(study, out) / name
-
-
-def pick_device(spec: str, where: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise KdlibError(f"{where}.train.device = {spec!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise KdlibError(f"{where}.train.device = {spec!r} but CUDA is not available; valid: auto or cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise KdlibError(f"{where}.train.device = {spec!r} is not supported; valid: auto, cpu, cuda, cuda:N")
-    return device
-
-
-def initial_network(study: StudyParams, run: RunParams | str, num_classes: int) -> torch.nn.Module:
-    """The untrained network ``fit`` starts ``run`` from (torch seeded with ``derive(seed, "init")``); the
-    random-weight baseline of a dissection. The caller's RNG state is left as it was."""
-    run = study.run(run) if isinstance(run, str) else run
+def initial_network(run: RunParams, num_classes: int, seed: int) -> torch.nn.Module:
+    """The untrained network ``fit`` starts ``run`` from at ``seed`` (torch seeded with ``derive(seed,
+    "init")``); the random-weight baseline of a dissection. The caller's RNG state is left as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive(study.seed, "init"))
+        torch.manual_seed(derive(seed, "init"))
         return build(run.model, num_classes, **run.model_kwargs)
 
 
@@ -108,31 +84,28 @@ def teacher_channels_last(device: torch.device, train: TrainParams) -> bool:
     return device.type == "cpu" or train.channels_last
 
 
-def teacher_path(study: StudyParams, run: RunParams, out: Optional[str] = None) -> Optional[Path]:
-    """The checkpoint a run distils from: a finished run of this study, or any checkpoint path."""
-    ref = run.teacher
+def teacher_checkpoint(study: StudyParams, inst: RunInstance, folder: "layout.StudyFolder") -> Optional[Path]:
+    """The checkpoint network ``inst`` distils from: a finished teacher of this study (in ``folder``),
+    any checkpoint path, or None."""
+    ref = inst.run.teacher
     if ref is None:
         return None
     if ref.checkpoint is not None:
         return Path(ref.checkpoint)
-    folder = run_dir(study, ref.run, out)
-    if not (folder / "done").is_file():
+    run_folder = folder.run(ref.run)
+    if layout.read_done(run_folder, "train") is None:
         raise KdlibError(
-            f"{study.source}: {run.name}.teacher.run = {ref.run!r} has not finished ({folder} has no done marker); "
+            f"{study.source}: {inst.name}.teacher.run = {ref.run!r} has not finished ({run_folder} has no done marker); "
             f"valid: train it first: python -m kdlib.train {study.source} --run {ref.run}"
         )
-    return folder / "checkpoint.pt"
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return run_folder / layout.CHECKPOINT
 
 
 def _plain(obj):
     return json.loads(json.dumps(obj))
 
 
-def identity(study: StudyParams, run: RunParams, train: TrainParams, teacher_state: Optional[dict]) -> dict:
+def identity(study: StudyParams, run: RunParams, train: TrainParams, seed: int, teacher_state: Optional[dict]) -> dict:
     """The params a run's weights depend on (not the device): what a checkpoint records and resume compares."""
     train_dict = to_dict(train)
     train_dict.pop("device")
@@ -142,8 +115,8 @@ def identity(study: StudyParams, run: RunParams, train: TrainParams, teacher_sta
         data = {"world": to_dict(study.world), "world_seed": study.world_seed}
     teacher = None
     if teacher_state is not None:
-        teacher = {"model": teacher_state["model"]["name"], "epoch": teacher_state["epoch"], "params": _digest(teacher_state["identity"])}
-    return _plain({"run": to_dict(run), "train": train_dict, "seed": study.seed, "data": data, "teacher": teacher})
+        teacher = {"model": teacher_state["model"]["name"], "epoch": teacher_state["epoch"], "params": json_digest(teacher_state["identity"])}
+    return _plain({"run": to_dict(run), "train": train_dict, "seed": seed, "data": data, "teacher": teacher})
 
 
 def first_difference(a, b, path: str = "") -> Optional[str]:
@@ -224,16 +197,19 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     atomic.write_text(path, buffer.getvalue())
 
 
-def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, progress: bool = True) -> RunResult:
-    """Train (or resume, or return the finished) run ``run`` of ``study``; see the module docstring."""
-    run = study.run(run) if isinstance(run, str) else run
+def fit(study: StudyParams, inst: RunInstance, folder: str | Path, teacher: Optional[Path] = None,
+        progress: bool = True) -> RunResult:
+    """Train (or resume, or return the finished) network ``inst`` of ``study`` in ``folder``, distilling
+    from the checkpoint ``teacher`` when the run has one (:func:`teacher_checkpoint`); see the module
+    docstring."""
+    run, seed = inst.run, inst.seed
     train = study.train_for(run)
     where = f"{study.source}: {run.name}"
     check_names(train.optimizer, train.schedule, f"{where}.train")
-    device = pick_device(train.device, where)
-    folder = run_dir(study, run.name, out)
-    ckpt_path, done_path = folder / "checkpoint.pt", folder / "done"
-    t_path = teacher_path(study, run, out)
+    device = resolve_device(train.device, f"{where}.train.device")
+    folder = Path(folder)
+    ckpt_path = folder / layout.CHECKPOINT
+    t_path = teacher
 
     with deterministic(train.deterministic):
         splits = load_splits(study, train, progress)
@@ -244,7 +220,7 @@ def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, pro
             teacher = fold_batchnorm(teacher).requires_grad_(False)
             if teacher_channels_last(device, train):
                 teacher = teacher.to(memory_format=torch.channels_last)
-        ident = identity(study, run, train, teacher_state)
+        ident = identity(study, run, train, seed, teacher_state)
 
         existing = checkpoint.load(ckpt_path, f"{where}: checkpoint") if ckpt_path.is_file() else None
         if existing is not None:
@@ -255,17 +231,18 @@ def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, pro
                     f"{where}: {folder} holds a run made from other params ({diff}); "
                     "valid: the same params, another --out, or delete the folder"
                 )
-            if done_path.is_file():
-                return RunResult(**json.loads(done_path.read_text()))
+            done = layout.read_done(folder, "train")
+            if done is not None:
+                return RunResult(**{k: done[k] for k in RunResult.__dataclass_fields__})
 
-        student = initial_network(study, run, num_classes).to(device)
-        seed_everything(derive(study.seed, "setup"))  # auxiliary modules of the loss terms
+        student = initial_network(run, num_classes, seed).to(device)
+        seed_everything(derive(seed, "setup"))  # auxiliary modules of the loss terms
         if train.channels_last:
             student = student.to(memory_format=torch.channels_last)
         objective = build_objective(run.loss, f"{where}.loss")
         objective.setup(SetupContext(
             student=student, teacher=teacher, num_classes=num_classes, image_size=splits.image_size,
-            train_targets=splits.train.targets, seed=derive(study.seed, "objective"),
+            train_targets=splits.train.targets, seed=derive(seed, "objective"),
             student_name=run.model, teacher_name=teacher_state["model"]["name"] if teacher_state else "teacher",
         ))
         objective.to(device)
@@ -281,7 +258,7 @@ def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, pro
                 "model": model_spec, "identity": ident, "epoch": epoch, "model_state": student.state_dict(),
                 "objective_state": objective.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "scheduler_state": scheduler.state_dict(), "scaler_state": stepper.scaler.state_dict(),
-                "rng": rng_state(), "sampler": {"kind": "seeded shuffle per epoch", "seed": study.seed, "next_epoch": epoch + 1},
+                "rng": rng_state(), "sampler": {"kind": "seeded shuffle per epoch", "seed": seed, "next_epoch": epoch + 1},
                 "history": history,
             })
 
@@ -295,9 +272,9 @@ def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, pro
             history, start = list(existing["history"]), existing["epoch"] + 1
             resumed_from = existing["epoch"]
         else:
-            atomic.write_text(folder / "params.yaml", yaml.safe_dump(ident, sort_keys=False))
+            atomic.write_text(folder / layout.PARAMS_YAML, yaml.safe_dump(ident, sort_keys=False))
             for stage in objective.stages():
-                run_stage(stage, student, teacher, splits, train, derive(study.seed, "stage"), device, where, ckpt_path, progress)
+                run_stage(stage, student, teacher, splits, train, derive(seed, "stage"), device, where, ckpt_path, progress)
             history, start, resumed_from = [], 1, None
             save(0, history)
 
@@ -306,13 +283,13 @@ def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, pro
         forwarder = Forwarder(student, teacher if objective.needs_teacher else None, objective.student_layers(),
                               objective.teacher_layers(), views, device, train.amp, train.channels_last,
                               train.teacher_amp, teacher_channels_last(device, train))
-        epochs_bar = tqdm(range(start, train.epochs + 1), desc=run.name, disable=not progress, initial=start - 1, total=train.epochs)
+        epochs_bar = tqdm(range(start, train.epochs + 1), desc=inst.key, disable=not progress, initial=start - 1, total=train.epochs)
         with forwarder:
             for epoch in epochs_bar:
                 began = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
-                seed_everything(derive(study.seed, "epoch", epoch))
-                loader = train_loader(splits.train, train.batch_size, derive(study.seed, "order", epoch), train.num_workers, pin)
+                seed_everything(derive(seed, "epoch", epoch))
+                loader = train_loader(splits.train, train.batch_size, derive(seed, "order", epoch), train.num_workers, pin)
                 student.train()
                 objective.train()
                 # Running sums stay on the device (loss, correct, each term): the only per-step host sync
@@ -320,7 +297,7 @@ def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, pro
                 labels: list[str] = []
                 acc_sums: Optional[torch.Tensor] = None
                 seen = 0
-                bar = tqdm(loader, desc=f"{run.name} epoch {epoch}/{train.epochs}", disable=not progress, leave=False)
+                bar = tqdm(loader, desc=f"{inst.key} epoch {epoch}/{train.epochs}", disable=not progress, leave=False)
                 for step, (images, targets, indices) in enumerate(bar):
                     io_ = forwarder(images, targets, indices, epoch=epoch, step=step)
                     loss, values = objective(io_)
@@ -345,7 +322,7 @@ def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, pro
                             "seconds": round(time.perf_counter() - began, 3)})
                 history.append(row)
                 save(epoch, history)
-                _write_metrics(folder / "metrics.csv", history)
+                _write_metrics(folder / layout.METRICS_CSV, history)
                 epochs_bar.set_postfix(loss=f"{row['loss']:.4f}", val_acc=f"{val_acc:.3f}")
 
         test_acc = None
@@ -354,24 +331,24 @@ def fit(study: StudyParams, run: RunParams | str, out: Optional[str] = None, pro
                                    train.amp, train.channels_last)
         last = history[-1]
         result = RunResult(
-            name=run.name, run_dir=str(folder), checkpoint=str(ckpt_path), epoch=last["epoch"],
+            name=inst.key, run_dir=str(folder), checkpoint=str(ckpt_path), epoch=last["epoch"],
             train_acc=last["train_acc"], val_acc=last["val_acc"], test_acc=test_acc,
             seconds=round(sum(r["seconds"] for r in history), 3), resumed_from=resumed_from,
         )
-        atomic.write_text(done_path, json.dumps(asdict(result), indent=1) + "\n")
+        layout.write_done(folder, "train", **asdict(result))
         return result
 
 
-def fit_study(study: StudyParams, names: Optional[list[str]] = None, out: Optional[str] = None,
+def fit_study(study: StudyParams, folder: "layout.StudyFolder", names: Optional[list[str]] = None,
               progress: bool = True) -> list[RunResult]:
-    """Train the runs ``names`` (default: all) of a study in file order, the teacher first. A run whose
-    teacher run is outside the selection needs that run finished already; this is checked before any
-    training starts."""
-    names = names or [r.name for r in study.runs()]
-    check_study(study, names)
-    order = [r.name for r in study.runs() if r.name in names]
-    for name in order:
-        run = study.run(name)
-        if run.teacher is not None and run.teacher.run is not None and run.teacher.run not in order:
-            teacher_path(study, run, out)
-    return [fit(study, name, out, progress) for name in order]
+    """Train the networks of runs ``names`` (default: all) in ``folder``: teachers first, then every student
+    at every seed. A network whose teacher is outside the selection needs that teacher finished already;
+    every check runs before any training starts."""
+    instances = study.instances(names)
+    check_study(study, sorted({i.name for i in instances}))
+    chosen = {i.key for i in instances}
+    for inst in instances:
+        ref = study.teacher_instance(inst)
+        if ref is not None and ref.key not in chosen:
+            teacher_checkpoint(study, inst, folder)
+    return [fit(study, inst, folder.run(inst.key), teacher_checkpoint(study, inst, folder), progress) for inst in instances]

@@ -1,8 +1,9 @@
-"""The classification splits a run trains and evaluates on, and their seeded loaders.
+"""The classification splits of a study: what training trains on and what metrics evaluate on.
 
 Data come from the study's generated world (``ensure_world``) or, with ``data.imagefolder``, any
 ImageFolder root with ``train/`` and ``val/`` (``test/`` optional). Every item is
-``(image, label, dataset index)``: CRD's memory bank is indexed by the dataset index.
+``(image, label, dataset index)``: CRD's memory bank is indexed by the dataset index, and the object
+masks of :mod:`kdlib.data.masks` by the same index.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from kdlib.data.imagefolder import load_split, split_root
@@ -59,7 +60,7 @@ def data_root(study: StudyParams) -> Path:
         if not root.is_dir():
             raise KdlibError(f"data.imagefolder = {str(root)!r} does not exist; valid: a folder with train/ and val/")
         return split_root(root)
-    from kdlib.data.world import ensure_world
+    from kdlib.data.world import ensure_world  # local: the generator is only needed when data is absent
 
     return split_root(ensure_world(study))
 
@@ -78,16 +79,3 @@ def load_splits(study: StudyParams, train: TrainParams, progress: bool = False) 
         if split is not None and split.classes != train_set.classes:
             raise KdlibError(f"{root}/{name} has classes {split.classes[:3]}...; valid: the same class folders as {root}/train")
     return Splits(train_set, val_set, test_set, train_set.classes, size, root)
-
-
-def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, pin: bool) -> DataLoader:
-    """One epoch's loader: order and worker seeds come from ``seed`` alone (see :mod:`kdlib.train.seeding`)."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers,
-        pin_memory=pin, drop_last=False, persistent_workers=False,
-    )
-
-
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin)

@@ -1,0 +1,33 @@
+"""The one device resolver: ``auto`` means CUDA when present, else the CPU; anything else is checked."""
+
+from __future__ import annotations
+
+import torch
+
+from kdlib.errors import KdlibError
+
+VALID = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(spec: str | torch.device | None = "auto", where: str = "device") -> torch.device:
+    """``None`` / ``"auto"`` -> ``cuda`` when available, else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` as given.
+
+    A device that does not exist here (CUDA without a GPU, ``cuda:3`` on a one-GPU machine, ``mps``,
+    a typo) is one line naming ``where``."""
+    if spec is None or spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise KdlibError(f"{where} = {spec!r} is not a device; valid: {VALID}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise KdlibError(f"{where} = {spec!r} is not supported; valid: {VALID}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise KdlibError(f"{where} = {spec!r} but CUDA is not available here; valid: auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise KdlibError(
+                f"{where} = {spec!r} but this machine has {torch.cuda.device_count()} GPU(s); "
+                f"valid: cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    return device
