@@ -70,3 +70,27 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_temporary(path: Path) -> bool:
+    """A temporary file or folder of :func:`atomic_path` / :func:`atomic_dir` (``.<name>.<random>.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def remove_stale(folder: str | os.PathLike, recursive: bool = False, skip=lambda path: False) -> list[Path]:
+    """Remove the temporary files and folders a killed process left in ``folder`` (and, with
+    ``recursive``, in its sub-folders, except those ``skip(path)`` says another owner looks after).
+
+    Call it only while holding the folder's lock (:func:`kdlib.locks.folder_lock`): then no live process
+    is writing there, so every temporary entry is stale."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if is_temporary(entry):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif recursive and entry.is_dir() and not entry.is_symlink() and not skip(entry):
+            removed += remove_stale(entry, True, skip)
+    return removed

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from kdlib import atomic
 from kdlib.data import world as world_mod
 from kdlib.data.concepts import CATEGORIES, build_ontology
 from kdlib.data.imagefolder import load_split
@@ -51,7 +52,7 @@ def test_other_params_refuse_to_overwrite_unless_forced(tmp_path):
     assert content_hash(out) == before
     generate(TINY, out, seed=3, workers=1, force=True)
     assert read_manifest(out)["seed"] == 3
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folder left behind"
+    assert not [p for p in tmp_path.iterdir() if atomic.is_temporary(p) or p.name.endswith(".old")], "no temporary folder left behind"
 
 
 def test_folder_holding_other_data_is_refused(tmp_path):
@@ -75,7 +76,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
     monkeypatch.setattr(world_mod, "run_job", dying)
     with pytest.raises(KeyboardInterrupt):
         generate(TINY, tmp_path / "w", seed=0, workers=1)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".w.lock"], "only the (released) lock file: no partial world"
 
 
 def test_cli_bad_profile_is_one_line_and_exit_2(tmp_path):

@@ -28,6 +28,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from kdlib.data.concepts import (
     build_ontology,
 )
 from kdlib.errors import KdlibError, cli_main
+from kdlib.locks import lock_file
 from kdlib.params import PROFILES, WorldParams, to_dict, world_dir_name
 
 GENERATOR_VERSION = 1
@@ -363,8 +365,15 @@ def generate(params: WorldParams, out: str | os.PathLike, seed: int | None = Non
                     f"seed {manifest.get('seed')!r}); valid: another --out, or --force to replace it"
                 )
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-    with atomic.atomic_dir(out, replace=True) as tmp:
-        _generate_into(tmp, params, seed, workers)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file(out.parent / f".{out.name}.lock", "world folder", out):
+        if read_manifest(out) is not None and {k: read_manifest(out).get(k) for k in key} == key:
+            return out  # finished by another process between the check above and taking the lock
+        for entry in out.parent.glob(f".{out.name}.*"):  # temporary folders of a killed generation
+            if atomic.is_temporary(entry) or entry.name == f".{out.name}.old":
+                shutil.rmtree(entry, ignore_errors=True)
+        with atomic.atomic_dir(out, replace=True) as tmp:
+            _generate_into(tmp, params, seed, workers)
     return out
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdlib import layout
+from kdlib import atomic, layout
 from kdlib.layout import StudyFolder
-from kdlib.locks import folder_lock
+from kdlib.locks import LOCK_NAME, folder_lock
 from kdlib.params import StudyParams, to_dict
 from kdlib.runs import steps
 from kdlib.runs.manifest import Manifest
@@ -22,7 +22,9 @@ def run_study(study: StudyParams, out: str | Path | None = None, progress: bool 
     """Run every step of the study that params describe; return the run folder."""
     steps.check(study)
     folder = StudyFolder.for_study(study, out)
-    with folder_lock(folder.root, "study folder"):
+    with folder_lock(folder.root, "study folder", clean=False):
+        # stale temporary files of a killed run; folders with their own lock are cleaned by their owner
+        atomic.remove_stale(folder.root, recursive=True, skip=lambda p: (p / LOCK_NAME).exists())
         layout.clear_done(folder.root)
         manifest = Manifest(folder=folder.root, params=to_dict(study), seed=study.seed, seeds=study.student_seeds)
         manifest.save()

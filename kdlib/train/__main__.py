@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from kdlib.errors import cli_main
+from kdlib.errors import KdlibError, cli_main
 from kdlib.layout import StudyFolder
 from kdlib.params import load_study
 from kdlib.train.fit import fit_study
@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     study = load_study(args.params)
+    if not study.runs():
+        raise KdlibError(f"{study.source}: no teachers or students to train; valid: a teachers and/or students section")
     names = args.run or [r.name for r in study.runs()]
     for name in names:
         study.run(name)  # an unknown --run name: one line listing the study's runs
