@@ -11,13 +11,14 @@ section, its profiles and folder name), :mod:`~kdlib.params.train` (training and
 """
 
 from kdlib.params.dissect import DissectParams
+from kdlib.params.report import Claim, ReportParams
 from kdlib.params.study import DataParams, RunInstance, StudyParams, load_study, parse_study, read_yaml
 from kdlib.params.train import OptimizerParams, RunParams, ScheduleParams, TeacherRef, TrainParams
 from kdlib.params.validate import check_plain_name, from_dict, knob, replace_from_dict, to_dict
 from kdlib.params.world import PROFILES, WorldParams, world_dir_name, world_params_from
 
 __all__ = [
-    "DataParams", "DissectParams", "OptimizerParams", "PROFILES", "RunInstance", "RunParams", "ScheduleParams",
+    "Claim", "DataParams", "DissectParams", "ReportParams", "OptimizerParams", "PROFILES", "RunInstance", "RunParams", "ScheduleParams",
     "StudyParams", "TeacherRef", "TrainParams", "WorldParams", "check_plain_name", "from_dict", "knob",
     "load_study", "parse_study", "read_yaml", "replace_from_dict", "to_dict", "world_dir_name", "world_params_from",
 ]

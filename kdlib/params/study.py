@@ -10,6 +10,7 @@ Layout of a study file (every section optional)::
     teachers: [{...}, ...]       # RunParams, trained once (seed ``seed``): what students distil from
     students: [{...}, ...]       # RunParams, trained per seed; may override `train` and name a `teacher`
     dissect: {...}               # DissectParams
+    report: {baseline: scratch, claims: [...]}   # ReportParams: what the study compares and judges
 
 One teacher for all seeds, as in Han et al.: the seeds measure the spread of the students, the only
 networks whose method differs. A teacher may itself distil from another teacher (never from itself,
@@ -28,6 +29,7 @@ import yaml
 
 from kdlib.errors import KdlibError
 from kdlib.params.dissect import DissectParams
+from kdlib.params.report import ReportParams
 from kdlib.params.train import RunParams, TrainParams
 from kdlib.params.validate import from_dict, knob, replace_from_dict
 from kdlib.params.world import WorldParams, world_dir_name, world_params_from
@@ -69,6 +71,7 @@ class StudyParams:
     teachers: list[RunParams] = knob(default_factory=list)
     students: list[RunParams] = knob(default_factory=list)
     dissect: DissectParams = field(default_factory=DissectParams)
+    report: ReportParams = field(default_factory=ReportParams)
     data_root: str = knob("data", doc="where generated worlds are written")
     output_root: str = knob("outputs", doc="where run folders are written")
     source: str = field(default="<dict>", compare=False, metadata={"internal": True})
@@ -82,6 +85,7 @@ class StudyParams:
         if dup:
             raise KdlibError(f"run name {dup[0]!r} is used twice; valid: distinct names per run")
         _check_teacher_graph(self.teachers, self.students)
+        _check_report(self.report, [r.name for r in self.students], names)
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -156,6 +160,17 @@ def _check_teacher_graph(teachers: list[RunParams], students: list[RunParams]) -
                 f"{role}.{run.name}.teacher.run = {ref!r} {what}; valid: {', '.join(teacher_names) or 'a teachers section'}"
             )
     _teacher_order(teachers)  # raises on a cycle
+
+
+def _check_report(report: ReportParams, students: list[str], names: list[str]) -> None:
+    """The baseline is a student; every claim compares runs of this file (or an untrained null)."""
+    if students and report.baseline not in students:
+        raise KdlibError(f"report.baseline = {report.baseline!r} is not a student; valid: {', '.join(students)}")
+    for i, claim in enumerate(report.claims):
+        for side in ("a", "b"):
+            run = getattr(claim, side)
+            if run not in names and not run.startswith("random-"):
+                raise KdlibError(f"report.claims[{i}].{side} = {run!r} names no run; valid: {', '.join(names)} or random-<model>")
 
 
 def _teacher_order(teachers: list[RunParams]) -> list[RunParams]:

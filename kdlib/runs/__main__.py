@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from kdlib.errors import cli_main
@@ -27,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = run_study(study, args.out, progress=not args.quiet)
     print(f"study done: {folder}")
-    for name in ("accuracy", "detectors"):
+    timings = json.loads((folder / "manifest.json").read_text())["timings_s"]
+    print("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+          + f"; total {sum(timings.values()):.1f} s")
+    for name in ("accuracy", "detectors", "summary", "claims"):
         print(f"  {folder / 'tables' / (name + '.csv')}")
     return 0
 

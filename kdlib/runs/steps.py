@@ -14,6 +14,7 @@ a notebook can run one step alone::
     dis = steps.dissect(study, folder)   # {network name: DissectResult}, trained networks and nulls
     tabs = steps.tables(study, folder)   # {"accuracy": DataFrame, "detectors": DataFrame}
     figs = steps.figures(study, folder)  # {"detectors_layer4": Figure, ...}
+    cmp = steps.compare(study, folder)   # {"summary", "differences", "claims": DataFrame}: seeds and CIs
 """
 
 from __future__ import annotations
@@ -246,6 +247,27 @@ def figures(study: StudyParams, folder: StudyFolder) -> dict[str, "Figure"]:  # 
         fig = detector_bar_chart(named, iou_threshold=study.dissect.iou_threshold, share=True)
         save_figure(fig, folder, f"detectors_{layer}")
         out[f"detectors_{layer}"] = fig
+    return out
+
+
+def compare(study: StudyParams, folder: StudyFolder) -> dict[str, pd.DataFrame]:
+    """The methods compared across seeds (:mod:`kdlib.runs.comparison`) from the saved tables:
+    ``tables/observations.csv`` (every measure of every network), ``summary.csv`` (per run: mean and
+    interval over seeds), ``differences.csv`` (each run minus the baseline, paired by seed) and
+    ``claims.csv`` (the report section's claims and their verdicts)."""
+    from kdlib.runs import comparison
+
+    tabs = tables(study, folder)
+    metrics_path = folder.table("metrics")
+    metrics = pd.read_csv(metrics_path) if metrics_path.is_file() else None
+    obs = comparison.observations(tabs["accuracy"], tabs["detectors"], metrics)
+    level = study.report.level
+    out = {"observations": obs, "summary": comparison.summary(obs, level)}
+    if study.students:
+        out["differences"] = comparison.differences(obs, study.report.baseline, level)
+    out["claims"] = comparison.judge(obs, study.report.claims, level)
+    for name, frame in out.items():
+        write_table(folder.table(name), frame)
     return out
 
 

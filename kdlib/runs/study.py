@@ -39,5 +39,7 @@ def run_study(study: StudyParams, out: str | Path | None = None, progress: bool 
             steps.tables(study, folder)
         with manifest.step("figures"):
             steps.figures(study, folder)
+        with manifest.step("compare"):
+            steps.compare(study, folder)
         layout.write_done(folder.root, "study", run_id=folder.root.name, steps=manifest.steps)
     return folder.root

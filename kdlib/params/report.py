@@ -1,0 +1,35 @@
+"""The ``report`` section: the baseline every method is compared with, and the claims the study judges.
+
+A claim names two runs and one measure of the long observation table
+(:func:`kdlib.runs.comparison.observations`) and the sign the paper reports for ``a - b``. Claims are
+written in the params file before any result exists; the verdict rule (:func:`kdlib.runs.comparison.judge`)
+is fixed in code. A key left out (``layer: null``) selects rows where that key does not apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from kdlib.params.validate import knob
+
+
+@dataclass(frozen=True)
+class Claim:
+    claim: str
+    a: str
+    b: str
+    measure: str
+    expect: Literal["greater", "less"]
+    layer: Optional[str] = None
+    category: Optional[str] = None
+    iou_threshold: Optional[float] = None
+    setting: Optional[str] = None
+    source: str = knob("", doc="where the claim comes from (paper section, or 'control: ours')")
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    baseline: str = knob("scratch", doc="the run every other run is compared with, seed by seed")
+    level: float = knob(0.95, gt=0.5, lt=1.0, doc="confidence level of every interval")
+    claims: list[Claim] = knob(default_factory=list)
