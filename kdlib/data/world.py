@@ -84,124 +84,121 @@ def _luma(c: np.ndarray) -> float:
     return float(0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2])
 
 
+class _Painter:
+    """Draws one image of class ``cls`` onto a supersampled canvas. Every random draw comes from ``rng``,
+    in a fixed order (background, distractors behind, body, parts, distractors in front), so an image
+    depends only on its generator's seed."""
+
+    def __init__(self, onto: Ontology, params: WorldParams, cls: int, rng: np.random.Generator):
+        self.onto, self.params, self.cls, self.rng = onto, params, cls, rng
+        self.spec = onto.classes[cls]
+        self.size = params.image_size
+        self.canvas = render.Canvas(self.size, SUPERSAMPLE)
+        self.num = onto.number
+
+    def own_or_sibling(self, attr: str) -> str:
+        """The class's own attribute with probability ``attribute_fidelity``, else a random sibling's."""
+        if self.rng.random() < self.params.attribute_fidelity:
+            return getattr(self.spec, attr)
+        return getattr(self.onto.classes[_pick(self.rng, self.onto.siblings(self.cls))], attr)
+
+    def background(self, scene) -> None:
+        """Top stuff above a gently tilted, wavy horizon, bottom stuff below."""
+        rng, size, x, y = self.rng, self.size, self.canvas.x, self.canvas.y
+        h0 = (0.4 if scene.horizon == "high" else 0.62) * size
+        horizon = h0 + rng.uniform(-0.08, 0.08) * (x - size / 2) + rng.uniform(0, 0.05 * size) * np.sin(
+            2 * np.pi * x / size * rng.uniform(0.5, 1.5) + rng.uniform(0, 2 * np.pi)
+        )
+        top = y < horizon
+        for stuff, where in ((scene.top, top), (scene.bottom, ~top)):
+            self.canvas.paint(where, render.stuff_appearance(stuff, x, y, rng, 1.0, size), object=self.num(stuff))
+
+    def sample_distractors(self) -> list[tuple]:
+        """Small unrelated objects: (frame, kind, colour, material, in front of the main object)."""
+        rng, size = self.rng, self.size
+        out = []
+        for _ in range(int(rng.integers(self.params.max_distractors + 1))):
+            frame = render.Frame(
+                cx=rng.uniform(0, size), cy=rng.uniform(0, size), radius=size * rng.uniform(0.08, 0.15),
+                angle=rng.uniform(0, 2 * np.pi),
+            )
+            out.append((frame, _pick(rng, DISTRACTORS), _pick(rng, tuple(COLOURS)), _pick(rng, MATERIALS), rng.random() < 0.5))
+        return out
+
+    def paint_distractors(self, distractors: list[tuple], front: bool) -> None:
+        for frame, kind, colour, material, in_front in distractors:
+            if in_front != front:
+                continue
+            u, v = frame.local(self.canvas.x, self.canvas.y)
+            mask = render.shape_mask(kind, u, v)
+            shade, alpha = render.material_shading(material, u, v, self.rng, 1.0 / frame.radius)
+            col = np.clip(render.rgb(colour) * shade[..., None], 0, 1)
+            self.canvas.paint(mask, col, alpha, object=self.num(kind), material=self.num(material), part=0, texture=0, truth=0)
+
+    def body(self) -> dict:
+        """The main object's body (shape, colour, texture, material); returns what the parts need."""
+        rng, size, spec = self.rng, self.size, self.spec
+        lo, hi = self.params.object_scale
+        radius = size * rng.uniform(lo, hi) / 2
+        margin = min(radius * 1.05, size / 2)
+        obj = render.Frame(
+            cx=rng.uniform(margin, size - margin), cy=rng.uniform(margin, size - margin), radius=radius,
+            angle=rng.uniform(-0.35, 0.35), aspect=float(np.exp(rng.uniform(-0.12, 0.12))),
+        )
+        u, v = obj.local(self.canvas.x, self.canvas.y)
+        px = 1.0 / radius  # one image pixel in local units
+        body = render.shape_mask(spec.shape, u, v)
+        colour = spec.colour if rng.random() < self.params.colour_fidelity else _pick(rng, BODY_COLOURS)
+        base = np.clip(render.rgb(colour) + rng.normal(0, 0.04, 3).astype(np.float32), 0, 1)
+        material = self.own_or_sibling("material")
+        texture = self.own_or_sibling("texture")
+        second = base * 0.4 if _luma(base) > 0.35 else base * 0.4 + 0.6
+        surface = np.where(render.texture_pattern(texture, u, v, px)[..., None], second, base)
+        shade, alpha = render.material_shading(material, u, v, rng, px)
+        self.canvas.paint(body, np.clip(surface * shade[..., None], 0, 1), alpha, object=self.num(spec.shape),
+                          material=self.num(material), texture=self.num(texture), part=0, truth=1)
+        return {"u": u, "v": v, "px": px, "mask": body, "colour": colour, "material": material, "texture": texture}
+
+    def parts(self, body: dict) -> tuple[str, str]:
+        """The (own or a sibling's) part, and with probability 0.3 an extra one; returns their names."""
+        rng, spec, u, v = self.rng, self.spec, body["u"], body["v"]
+        part = self.own_or_sibling("part")
+        extra = _pick(rng, tuple(p for p in PARTS if p != part)) if rng.random() < 0.3 else ""
+        for name in [part] + ([extra] if extra else []):
+            mask = render.shape_mask(name, u, v)
+            if name in render.INTERIOR_PARTS:
+                mask &= body["mask"]
+            if name == "eye":
+                col = render.rgb("white")
+            elif name == "window":
+                col = np.clip(render.rgb("yellow") * 0.5 + 0.5, 0, 1)
+            else:
+                col = render.rgb(_pick(rng, tuple(c for c in COLOURS if c != body["colour"])))
+            pshade, palpha = render.material_shading(pm := _pick(rng, MATERIALS), u, v, rng, body["px"])
+            self.canvas.paint(mask, np.clip(col * pshade[..., None], 0, 1), palpha, object=self.num(spec.shape),
+                              part=self.num(name), material=self.num(pm), texture=0, truth=2 if name == spec.part else 1)
+            if name == "eye":
+                pupil = render.shape_mask("eye", u * 2.4 - 0.28, v * 2.4 + 0.35) & mask
+                self.canvas.paint(pupil, render.rgb("black"))
+        return part, extra
+
+
 def draw(onto: Ontology, params: WorldParams, cls: int, rng: np.random.Generator) -> Drawn:
-    """Sample and render one image of class ``cls``."""
-    size = params.image_size
-    spec = onto.classes[cls]
-    sibs = onto.siblings(cls)
-    fid = params.attribute_fidelity
-
-    def own_or_sibling(attr: str) -> str:
-        if rng.random() < fid:
-            return getattr(spec, attr)
-        return getattr(onto.classes[_pick(rng, sibs)], attr)
-
+    """Sample and render one image of class ``cls`` (see :class:`_Painter` for the order of the draws)."""
+    painter = _Painter(onto, params, cls, rng)
+    spec = painter.spec
     scene_idx = spec.home_scene if rng.random() < params.context_bias else int(rng.integers(len(onto.scenes)))
     scene = onto.scenes[scene_idx]
-    num = onto.number
-    canvas = render.Canvas(size, SUPERSAMPLE)
-    x, y = canvas.x, canvas.y
-    px_img = 1.0
-
-    # background: top stuff above a gently tilted, wavy horizon, bottom stuff below
-    h0 = (0.4 if scene.horizon == "high" else 0.62) * size
-    horizon = h0 + rng.uniform(-0.08, 0.08) * (x - size / 2) + rng.uniform(0, 0.05 * size) * np.sin(
-        2 * np.pi * x / size * rng.uniform(0.5, 1.5) + rng.uniform(0, 2 * np.pi)
-    )
-    top = y < horizon
-    for stuff, where in ((scene.top, top), (scene.bottom, ~top)):
-        canvas.paint(where, render.stuff_appearance(stuff, x, y, rng, px_img, size), object=num(stuff))
-
-    # distractors: small unrelated objects, behind or in front of the main object
-    n_distr = int(rng.integers(params.max_distractors + 1))
-    distractors = []
-    for _ in range(n_distr):
-        frame = render.Frame(
-            cx=rng.uniform(0, size), cy=rng.uniform(0, size), radius=size * rng.uniform(0.08, 0.15), angle=rng.uniform(0, 2 * np.pi)
-        )
-        distractors.append((frame, _pick(rng, DISTRACTORS), _pick(rng, tuple(COLOURS)), _pick(rng, MATERIALS), rng.random() < 0.5))
-
-    def paint_distractor(frame, kind, colour, material):
-        u, v = frame.local(x, y)
-        mask = render.shape_mask(kind, u, v)
-        shade, alpha = render.material_shading(material, u, v, rng, 1.0 / frame.radius)
-        col = np.clip(render.rgb(colour) * shade[..., None], 0, 1)
-        canvas.paint(mask, col, alpha, object=num(kind), material=num(material), part=0, texture=0, truth=0)
-
-    for frame, kind, colour, material, front in distractors:
-        if not front:
-            paint_distractor(frame, kind, colour, material)
-
-    # the main object
-    lo, hi = params.object_scale
-    radius = size * rng.uniform(lo, hi) / 2
-    margin = min(radius * 1.05, size / 2)
-    obj = render.Frame(
-        cx=rng.uniform(margin, size - margin),
-        cy=rng.uniform(margin, size - margin),
-        radius=radius,
-        angle=rng.uniform(-0.35, 0.35),
-        aspect=float(np.exp(rng.uniform(-0.12, 0.12))),
-    )
-    u, v = obj.local(x, y)
-    px = 1.0 / radius  # one image pixel in local units
-    body = render.shape_mask(spec.shape, u, v)
-    colour = spec.colour if rng.random() < params.colour_fidelity else _pick(rng, BODY_COLOURS)
-    base = np.clip(render.rgb(colour) + rng.normal(0, 0.04, 3).astype(np.float32), 0, 1)
-    material = own_or_sibling("material")
-    texture = own_or_sibling("texture")
-    second = base * 0.4 if _luma(base) > 0.35 else base * 0.4 + 0.6
-    pattern = render.texture_pattern(texture, u, v, px)
-    surface = np.where(pattern[..., None], second, base)
-    shade, alpha = render.material_shading(material, u, v, rng, px)
-    canvas.paint(
-        body,
-        np.clip(surface * shade[..., None], 0, 1),
-        alpha,
-        object=num(spec.shape),
-        material=num(material),
-        texture=num(texture),
-        part=0,
-        truth=1,
-    )
-
-    part = own_or_sibling("part")
-    parts = [part]
-    extra = ""
-    if rng.random() < 0.3:
-        extra = _pick(rng, tuple(p for p in PARTS if p != part))
-        parts.append(extra)
-    for name in parts:
-        mask = render.shape_mask(name, u, v)
-        if name in render.INTERIOR_PARTS:
-            mask &= body
-        if name == "eye":
-            col = render.rgb("white")
-        elif name == "window":
-            col = np.clip(render.rgb("yellow") * 0.5 + 0.5, 0, 1)
-        else:
-            col = render.rgb(_pick(rng, tuple(c for c in COLOURS if c != colour)))
-        pshade, palpha = render.material_shading(pm := _pick(rng, MATERIALS), u, v, rng, px)
-        truth = 2 if name == spec.part else 1
-        canvas.paint(mask, np.clip(col * pshade[..., None], 0, 1), palpha, object=num(spec.shape), part=num(name), material=num(pm), texture=0, truth=truth)
-        if name == "eye":
-            pupil = render.shape_mask("eye", u * 2.4 - 0.28, v * 2.4 + 0.35) & mask
-            canvas.paint(pupil, render.rgb("black"))
-
-    for frame, kind, colour_d, material_d, front in distractors:
-        if front:
-            paint_distractor(frame, kind, colour_d, material_d)
-
-    image, layers, colour_idx = canvas.finish(rng)
+    painter.background(scene)
+    distractors = painter.sample_distractors()
+    painter.paint_distractors(distractors, front=False)
+    body = painter.body()
+    part, extra = painter.parts(body)
+    painter.paint_distractors(distractors, front=True)
+    image, layers, colour_idx = painter.canvas.finish(rng)
     record = {
-        "true_class": cls,
-        "scene": scene.name,
-        "part": part,
-        "extra_part": extra,
-        "texture": texture,
-        "material": material,
-        "colour": colour,
-        "distractors": n_distr,
+        "true_class": cls, "scene": scene.name, "part": part, "extra_part": extra, "texture": body["texture"],
+        "material": body["material"], "colour": body["colour"], "distractors": len(distractors),
     }
     return Drawn(image=image, layers=layers, colour=colour_idx, record=record)
 

@@ -102,20 +102,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise KdlibError(f"{where} = {value!r} is not valid; valid: {', '.join(map(repr, choices))}")
         return value
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except KdlibError as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        raise KdlibError(f"{where} = {value!r} has the wrong type; valid: {_type_name(tp)}")
+        return _convert_union(value, tp, where)
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)
         if isinstance(value, tuple):
@@ -153,6 +140,24 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise KdlibError(f"{where} = {value!r} has the wrong type; valid: a string")
         return value
     raise TypeError(f"params: unsupported annotation {tp!r} at {where}")  # a bug in kdlib, not in input
+
+
+def _convert_union(value: Any, tp: Any, where: str) -> Any:
+    """The first member type of ``tp`` that accepts ``value`` (``None`` for ``Optional``)."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(value, arg, where)
+        except KdlibError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    raise KdlibError(f"{where} = {value!r} has the wrong type; valid: {_type_name(tp)}")
 
 
 def from_dict(cls: type[T], data: Any, where: str = "params") -> T:
