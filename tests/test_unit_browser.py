@@ -67,6 +67,18 @@ def test_passing_units_follow_the_tally(dissected):
     assert both == sorted(set(detectors) & set(passing_units(layer, "object")))
 
 
+def test_a_unit_without_concept_is_in_no_category(dissected):
+    result, _ = dissected
+    state = result["layer2"].state()
+    state["intersection"] = state["intersection"].clone()
+    state["intersection"][3] = 0  # unit 3 overlaps no label: IoU 0 everywhere
+    layer = LayerResult.from_state(state)
+    row = _tally_rows(layer)[3]
+    assert (row["score"], row["label"], row["category"]) == (0, "-", layer.categories[0])  # the tally's placeholder
+    assert all(3 not in passing_units(layer, c) for c in layer.categories)
+    assert 3 in passing_units(layer) and 3 not in passing_units(layer, detectors_only=True)
+
+
 def test_caption_names_unit_concept_category_and_iou(dissected):
     result, _ = dissected
     layer = result["layer3"]
