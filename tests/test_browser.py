@@ -75,6 +75,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LAB_SETTINGS = {
+    # No "get notified about Jupyter news?" toast, no request to a website.
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+}
+
+
+def _lab_settings(folder: Path) -> None:
+    for name, values in LAB_SETTINGS.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(values))
+
+
 def _environment(base: Path) -> dict[str, str]:
     env = dict(os.environ)
     for name, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTER_DATA_DIR", "data"),
@@ -82,6 +94,7 @@ def _environment(base: Path) -> dict[str, str]:
                       ("IPYTHONDIR", "ipython"), ("MPLCONFIGDIR", "mpl")):
         (base / sub).mkdir(parents=True, exist_ok=True)
         env[name] = str(base / sub)
+    _lab_settings(base / "settings")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["OMP_NUM_THREADS"] = "1"
     env.pop("KDLIB_WIDGETS", None)  # the kernel must decide by itself that JupyterLab renders widgets
@@ -105,8 +118,10 @@ def _prepare_notebook(folder: Path, data_dir: Path) -> Path:
     return folder / NOTEBOOK.name
 
 
-def _api(port: int, token: str, path: str, method: str = "GET"):
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}?token={token}", method=method)
+def _api(port: int, token: str, path: str, method: str = "GET", body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}?token={token}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as reply:
         body = reply.read()
     return json.loads(body) if body else None
@@ -155,6 +170,10 @@ def lab(browser_pieces, tmp_path):
         process = subprocess.Popen(command, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_for_server(process, port, token, log)
+        # Start the notebook's kernel session before the page opens: JupyterLab then attaches to it
+        # instead of choosing a kernel itself, which under load races with its kernelspec request.
+        _api(port, token, "/api/sessions", method="POST",
+             body={"path": NOTEBOOK.name, "name": NOTEBOOK.name, "type": "notebook", "kernel": {"name": "python3"}})
         yield {"url": f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK.name}?token={token}", "port": port, "token": token}
     finally:
         _stop_server(process, port, token)
@@ -189,29 +208,104 @@ RUN_ALL = ".lm-Menu-item[data-command='runmenu:run-all']"
 STARTED_JS = "Array.from(document.querySelectorAll('.jp-InputPrompt')).some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"
 
 
-def _run_all(page) -> None:
-    """Menu "Run" -> "Run All Cells", once the item is enabled (it is disabled until the notebook is the
-    current widget); clicked again if no cell has started after a few seconds."""
-    for _ in range(3):
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.wait_for_selector(f"{RUN_ALL}:not(.lm-mod-disabled)", timeout=20_000)
-        assert page.locator(f"{RUN_ALL} .lm-Menu-itemLabel").inner_text() == "Run All Cells"
-        page.locator(RUN_ALL).click()
-        try:
-            page.wait_for_function(STARTED_JS, timeout=5_000)
-            return
-        except PlaywrightTimeout:
-            page.keyboard.press("Escape")
-    raise AssertionError("Run -> Run All Cells started no cell")
+def _wait_for_kernel(page) -> None:
+    """The notebook's kernel is attached in the page (toolbar: its name, not "No Kernel") and idle. The
+    idle indicator alone is not enough: it can show before the kernel is attached, and Run All then
+    opens a "Select Kernel" dialog instead of running."""
+    page.locator(".jp-NotebookPanel-toolbar .jp-KernelName", has_text="Python 3").wait_for(timeout=60_000)
+    page.wait_for_selector(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+
+
+def _accept_kernel_dialog(page) -> bool:
+    """Accept a "Select Kernel" dialog (it offers the notebook's Python 3); False when none is open."""
+    dialog = page.locator(".jp-Dialog")
+    if not dialog.count():
+        return False
+    text = dialog.first.inner_text()
+    assert text.startswith("Select Kernel") and "Python 3" in text, f"unexpected dialog: {text!r}"
+    dialog.locator(".jp-mod-accept").first.click()
+    _wait_for_kernel(page)
+    return True
 
 
 def _open_notebook(page, url: str) -> None:
     page.goto(url)
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
-    page.wait_for_selector(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-    no = page.locator(".jp-Notification-Toast-default button", has_text="No")
-    if no.count():
-        no.first.click()
+    _wait_for_kernel(page)
+
+
+def _run_all(page) -> None:
+    """Menu "Run" -> "Run All Cells", once the item is enabled. If no cell has started after 15 s, a
+    "Select Kernel" dialog (JupyterLab lost the kernel) is accepted and Run All clicked once more."""
+    for _ in range(2):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.wait_for_selector(f"{RUN_ALL}:not(.lm-mod-disabled)", timeout=20_000)
+        assert page.locator(f"{RUN_ALL} .lm-Menu-itemLabel").inner_text() == "Run All Cells"
+        page.locator(RUN_ALL).click()
+        try:
+            page.wait_for_function(STARTED_JS, timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            if not _accept_kernel_dialog(page):
+                page.keyboard.press("Escape")
+    raise AssertionError("Run -> Run All Cells started no cell")
+
+
+def _first_unit(page) -> tuple[str, str, bytes]:
+    """After Run All: the browser shows unit 1 of layer2. Returns (caption, image src, image pixels)."""
+    page.wait_for_selector(f"{HANDLE}, .jp-OutputArea-output:has-text('Error displaying widget')", state="visible", timeout=90_000)
+    broken = page.locator(".jp-OutputArea-output", has_text="Error displaying widget")
+    assert not broken.count(), f"JupyterLab could not display a widget: {broken.first.inner_text()!r}"
+    page.wait_for_function(f"({IMAGE_JS} || '').startsWith('blob:')", timeout=20_000)
+    caption, image = page.evaluate(CAPTION_JS), page.evaluate(IMAGE_JS)
+    assert _unit_number(page) == 1 and caption.startswith("layer2 unit 1: ")
+    assert page.locator(READOUT).inner_text().strip() == "1"
+    return caption, image, page.locator(IMAGE).screenshot()
+
+
+def _press_right(page, caption: str, image: str, pixels: bytes) -> tuple[str, str]:
+    """ArrowRight on the focused handle moves to unit 2: new caption, new image."""
+    page.locator(HANDLE).focus()
+    page.keyboard.press("ArrowRight")
+    caption = _wait_for_change(page, CAPTION_JS, caption)
+    assert _unit_number(page) == 2 and caption.startswith("layer2 unit 2: ")
+    assert page.locator(READOUT).inner_text().strip() == "2"
+    image = _wait_for_change(page, IMAGE_JS, image)
+    assert page.locator(IMAGE).screenshot() != pixels
+    return caption, image
+
+
+def _drag(page, caption: str, image: str) -> int:
+    """Drag the handle to 60% of the track: the caption follows the readout, the image changes."""
+    box = page.locator(HANDLE).bounding_box()
+    track = page.locator(".kdlib-unit-browser .widget-slider .noUi-target").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] / 2, y)
+    page.mouse.down()
+    page.mouse.move(track["x"] + track["width"] * 0.6, y, steps=12)
+    page.mouse.up()
+    page.wait_for_function(SETTLED_JS, arg=caption, timeout=20_000)  # the caption has caught up with the slider
+    dragged = _unit_number(page)
+    assert 10 <= dragged <= 25, dragged  # about 60% along 32 units
+    assert page.locator(READOUT).inner_text().strip() == str(dragged)
+    assert page.evaluate(CAPTION_JS).startswith(f"layer2 unit {dragged}: ")
+    _wait_for_change(page, IMAGE_JS, image)
+    return dragged
+
+
+def _keep(*paths: Path) -> list[Path]:
+    """Copies in ``KDLIB_TEST_ARTIFACTS`` (default: outputs/test-artifacts/browser, git-ignored), which
+    outlive pytest's temporary folders (it keeps only the last three runs' of this user)."""
+    folder = Path(os.environ.get("KDLIB_TEST_ARTIFACTS") or ROOT / "outputs" / "test-artifacts" / "browser")
+    folder.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(path, folder / path.name)) for path in paths if path.exists()]
+
+
+def _screenshot(page, path: Path) -> None:
+    """The browser's output area (JupyterLab scrolls inside its panel, so not a page screenshot)."""
+    output = page.locator(".jp-OutputArea-output", has=page.locator(".kdlib-unit-browser"))
+    output.scroll_into_view_if_needed()
+    output.screenshot(path=str(path))
 
 
 @pytest.mark.slow
@@ -219,52 +313,29 @@ def test_unit_browser_in_jupyterlab(browser_pieces, lab, tmp_path, capsys):
     from playwright.sync_api import sync_playwright
 
     started = time.perf_counter()
+    shot = tmp_path / "unit_browser.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_pieces, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             _open_notebook(page, lab["url"])
             _run_all(page)
-            page.wait_for_selector(HANDLE, state="visible", timeout=90_000)
-            page.wait_for_function(f"({IMAGE_JS} || '').startsWith('blob:')", timeout=20_000)
-            caption, image = page.evaluate(CAPTION_JS), page.evaluate(IMAGE_JS)
-            assert _unit_number(page) == 1 and caption.startswith("layer2 unit 1: ")
-            assert page.locator(READOUT).inner_text().strip() == "1"
-            picture = page.locator(IMAGE).screenshot()
-
-            page.locator(HANDLE).focus()
-            page.keyboard.press("ArrowRight")
-            caption = _wait_for_change(page, CAPTION_JS, caption)
-            assert _unit_number(page) == 2 and caption.startswith("layer2 unit 2: ")
-            assert page.locator(READOUT).inner_text().strip() == "2"
-            image = _wait_for_change(page, IMAGE_JS, image)
-            assert page.locator(IMAGE).screenshot() != picture
-
-            box = page.locator(HANDLE).bounding_box()
-            track = page.locator(".kdlib-unit-browser .widget-slider .noUi-target").bounding_box()
-            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            page.mouse.down()
-            page.mouse.move(track["x"] + track["width"] * 0.6, box["y"] + box["height"] / 2, steps=12)
-            page.mouse.up()
-            page.wait_for_function(SETTLED_JS, arg=caption, timeout=20_000)  # the caption has caught up with the slider
-            caption = page.evaluate(CAPTION_JS)
-            dragged = _unit_number(page)
-            assert 10 <= dragged <= 25, dragged  # about 60% along 32 units
-            assert page.locator(READOUT).inner_text().strip() == str(dragged)
-            assert caption.startswith(f"layer2 unit {dragged}: ")
-            _wait_for_change(page, IMAGE_JS, image)
-
-            output = page.locator(".jp-OutputArea-output", has=page.locator(".kdlib-unit-browser"))
-            output.scroll_into_view_if_needed()
-            shot = tmp_path / "unit_browser.png"
-            output.screenshot(path=str(shot))
+            caption, image, pixels = _first_unit(page)
+            caption, image = _press_right(page, caption, image, pixels)
+            dragged = _drag(page, caption, image)
+            _screenshot(page, shot)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"))
+            kept = _keep(tmp_path / "failure.png", tmp_path / "jupyter-lab.log")
+            with capsys.disabled():
+                print(f"\nbrowser test failed; page screenshot and server log: {', '.join(map(str, kept))}")
+            raise
         finally:
             browser.close()
-    elapsed = time.perf_counter() - started
     assert shot.stat().st_size > 5_000
+    kept = _keep(shot)[0]
     with capsys.disabled():
-        print(f"\nunit browser screenshot: {shot} (unit {dragged} shown; browser part {elapsed:.1f} s)")
-
+        print(f"\nunit browser screenshot: {shot} (copy: {kept}; unit {dragged} shown; browser part {time.perf_counter() - started:.1f} s)")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("required,outcome", [(False, "1 skipped"), (True, "1 error")])
