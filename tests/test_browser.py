@@ -59,13 +59,16 @@ def _missing() -> list[str]:
     return missing
 
 
-@pytest.fixture(scope="module")
-def browser_pieces():
-    missing = _missing()
-    if missing and REQUIRED:
+def _skip_or_fail(missing: list[str], required: bool) -> None:
+    if missing and required:
         pytest.fail(f"KDLIB_BROWSER_TEST=required but missing: {'; '.join(missing)}")
     if missing:
         pytest.skip(f"real-browser test needs {'; '.join(missing)} (KDLIB_BROWSER_TEST=required makes this a failure)")
+
+
+@pytest.fixture(scope="module")
+def browser_pieces():
+    _skip_or_fail(_missing(), REQUIRED)
     return _chromium()
 
 
@@ -337,16 +340,12 @@ def test_unit_browser_in_jupyterlab(browser_pieces, lab, tmp_path, capsys):
     with capsys.disabled():
         print(f"\nunit browser screenshot: {shot} (copy: {kept}; unit {dragged} shown; browser part {time.perf_counter() - started:.1f} s)")
 
-@pytest.mark.slow
-@pytest.mark.parametrize("required,outcome", [(False, "1 skipped"), (True, "1 error")])
-def test_missing_chromium_skips_unless_required(tmp_path, required, outcome):
-    env = {**os.environ, "KDLIB_CHROMIUM": str(tmp_path / "no-chromium")}
-    env.pop("KDLIB_BROWSER_TEST", None)
-    if required:
-        env["KDLIB_BROWSER_TEST"] = "required"
-    test = f"{Path(__file__)}::test_unit_browser_in_jupyterlab"
-    done = subprocess.run([sys.executable, "-m", "pytest", test, "-q", "-rse", "-p", "no:cacheprovider"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert outcome in done.stdout, done.stdout[-2000:]
-    reason = "KDLIB_BROWSER_TEST=required but missing: Chromium" if required else "real-browser test needs Chromium"
-    assert reason in done.stdout, done.stdout[-2000:]
+def test_missing_chromium_skips_unless_required(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_CHROMIUM", str(tmp_path / "no-chromium"))
+    missing = _missing()
+    assert missing and missing[0].startswith("Chromium")
+    with pytest.raises(pytest.skip.Exception, match="real-browser test needs Chromium"):
+        _skip_or_fail(missing, required=False)
+    with pytest.raises(pytest.fail.Exception, match="KDLIB_BROWSER_TEST=required but missing: Chromium"):
+        _skip_or_fail(missing, required=True)
+    _skip_or_fail([], required=True)  # nothing missing: neither
