@@ -1,7 +1,9 @@
 """Pictures: they read results and render them; nothing is computed here.
 
-:mod:`kdlib.viz.dissect`: unit strips, one unit's masks (for the notebook unit browser), detectors per
-category and best-IoU distributions.
+:mod:`kdlib.viz.dissect`: unit strips, one unit's masks, detectors per category and best-IoU
+distributions. :mod:`kdlib.viz.unit_browser`: the notebook's unit browser (an ipywidgets UI in
+JupyterLab, :func:`static_strip` where no widget frontend is live); the widget itself lives in
+:mod:`kdlib.viz.unit_widget`, imported only when one is built, so ipywidgets is needed only then.
 """
 
 from kdlib.viz.dissect import (
@@ -10,10 +12,12 @@ from kdlib.viz.dissect import (
     detector_table,
     figure_to_image,
     save_unit_strips,
+    titled_unit_masks,
     unit_label,
     unit_masks,
     unit_strip,
 )
+from kdlib.viz.unit_browser import static_strip, unit_browser, widgets_live
 
 __all__ = [
     "best_iou_chart",
@@ -21,7 +25,11 @@ __all__ = [
     "detector_table",
     "figure_to_image",
     "save_unit_strips",
+    "static_strip",
+    "titled_unit_masks",
+    "unit_browser",
     "unit_label",
     "unit_masks",
     "unit_strip",
+    "widgets_live",
 ]

@@ -78,6 +78,18 @@ def unit_masks(layer: LayerResult, unit: int, dataset, n: int | None = None, siz
     return Image.fromarray(strip)
 
 
+TITLE_HEIGHT = 18
+
+
+def titled_unit_masks(layer: LayerResult, unit: int, dataset, n: int | None = None, size: int = 96) -> Image.Image:
+    """:func:`unit_masks` under a one-line title (:func:`unit_label`): NetDissect's per-unit image file."""
+    image = unit_masks(layer, unit, dataset, n=n, size=size)
+    full = Image.new("RGB", (image.width, image.height + TITLE_HEIGHT), (255, 255, 255))
+    ImageDraw.Draw(full).text((2, 3), unit_label(layer, unit), fill=(0, 0, 0))
+    full.paste(image, (0, TITLE_HEIGHT))
+    return full
+
+
 def unit_strip(layer: LayerResult, unit: int, dataset, n: int | None = None, size: int = 96) -> Figure:
     """NetDissect's per-unit strip as a figure: :func:`unit_masks` with the unit's concept and IoU as title."""
     image = unit_masks(layer, unit, dataset, n=n, size=size)
@@ -108,12 +120,7 @@ def save_unit_strips(
     for layer in layers:
         todo = range(layer.units) if units is None else list(units)
         for unit in tqdm(todo, desc=f"strips {layer.layer}", disable=not progress, leave=False):
-            image = unit_masks(layer, unit, dataset, n=n, size=size)
-            title = Image.new("RGB", (image.width, 18), (255, 255, 255))
-            ImageDraw.Draw(title).text((2, 3), unit_label(layer, unit), fill=(0, 0, 0))
-            full = Image.new("RGB", (image.width, image.height + 18), (255, 255, 255))
-            full.paste(title, (0, 0))
-            full.paste(image, (0, 18))
+            full = titled_unit_masks(layer, unit, dataset, n=n, size=size)
             path = folder / f"{layer.layer}-{unit + 1:04d}.jpg"
             with atomic_path(path) as tmp:
                 full.save(tmp, format="JPEG", quality=90)
