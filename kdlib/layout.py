@@ -46,8 +46,9 @@ METRICS_CSV = "metrics.csv"
 PARAMS_YAML = "params.yaml"
 REPORT = "report.html"
 
-# params that say where things go, not what they are: left out of the run id
-_PLACE_KEYS = ("data_root", "output_root")
+# params that say where things go, not what they are, and the measures computed on the networks
+# (kdlib.metrics caches them per network and params): left out of the run id
+_PLACE_KEYS = ("data_root", "output_root", "metrics")
 
 
 def run_id(study: StudyParams) -> str:
