@@ -35,6 +35,14 @@ def check_masks(masks: torch.Tensor, like: torch.Tensor, where: str = "masks") -
     return masks
 
 
+def check_aligned(maps: torch.Tensor, images: torch.Tensor, where: str = "maps") -> torch.Tensor:
+    """Maps ``[N, C or 1, H, W]`` of images ``[N, C, H, W]``: one per image, of the image's size."""
+    if maps.shape[0] != images.shape[0] or tuple(maps.shape[-2:]) != tuple(images.shape[-2:]) or maps.shape[1] not in (1, images.shape[1]):
+        raise KdlibError(f"{where} of shape {tuple(maps.shape)} do not match images of shape {tuple(images.shape)}; "
+                         f"valid: [{images.shape[0]}, 1 or {images.shape[1]}, {images.shape[-2]}, {images.shape[-1]}]")
+    return maps
+
+
 def check_labels(labels: torch.Tensor, n: int, num_classes: int, where: str = "labels") -> torch.Tensor:
     if labels.shape != (n,) or (n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes)):
         raise KdlibError(f"{where} of shape {tuple(labels.shape)}; valid: {n} class indices in 0..{num_classes - 1}")

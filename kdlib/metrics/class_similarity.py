@@ -8,7 +8,7 @@ the class-similarity matrix ``S[c] = mean_{n: y_n = c} p_n`` (row c: the mean ou
   ``H(p_n)``; ``class_mean_entropy`` = mean over classes of ``H(S[c])``; ``non_target_entropy`` = mean
   over images of the entropy of ``p_n`` without its target, renormalised;
 * ``similarity_correlation``: Pearson correlation of the off-diagonal entries of ``S`` with those of
-  the reference teacher's ``S`` (only with a reference);
+  the reference teacher's ``S`` (only with a reference; 0 when either matrix is constant);
 * ``sibling_share``: mean over images of the share of non-target probability on the true class's
   siblings (the other classes of its superclass); ``sibling_share_chance`` is what spreading it evenly
   gives, ``(siblings) / (C - 1)``;
@@ -45,10 +45,11 @@ def similarity_matrix(probs: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of the finite pairs; 0 when either side does not vary (it shares no structure)."""
     ok = torch.isfinite(a) & torch.isfinite(b)
     a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
     denom = float(a.norm() * b.norm())
-    return float((a * b).sum()) / denom if denom > 0 else float("nan")
+    return float((a * b).sum()) / denom if denom > 0 else 0.0
 
 
 def structure_scores(probs: torch.Tensor, labels: torch.Tensor, siblings: torch.Tensor) -> dict[str, float]:

@@ -36,12 +36,13 @@ from kdlib.digest import json_digest, state_digest, tensor_digest
 from kdlib.errors import KdlibError
 from kdlib.metrics import saliency
 from kdlib.metrics.base import Metric, MetricInputs, Scores
-from kdlib.metrics.checks import check_maps
+from kdlib.metrics.checks import check_aligned, check_maps
 from kdlib.params.metrics import DiffRoarParams, check_fraction
 from kdlib.registry import METRICS
 
 SIDES = ("top", "bottom")
 RANDOM = "random"
+GIVEN = "given"
 Retrain = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], float]
 
 
@@ -110,8 +111,12 @@ class DiffRoar(Metric):
 
     def __call__(self, model, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
                  test_labels: torch.Tensor, retrain: Retrain, cache_dir: str | Path | None = None, batch_size: int = 256,
-                 device="cpu", default_layer: Optional[str] = None, progress: bool = False) -> Scores:
-        """Scores by setting: ``<method>/k=<k>`` and ``<method>/mean`` (and ``random/...`` for the control)."""
+                 device="cpu", default_layer: Optional[str] = None, progress: bool = False,
+                 attributions: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> Scores:
+        """Scores by setting: ``<method>/k=<k>`` and ``<method>/mean`` (and ``random/...`` for the control).
+
+        ``attributions`` (train maps, test maps) replaces computing them from ``model`` (setting
+        ``given/...``; ``model`` may then be None), as Quantus takes precomputed ``a_batch``."""
         if tuple(train_images.shape[1:]) != tuple(test_images.shape[1:]):
             raise KdlibError(f"train images {tuple(train_images.shape[1:])} and test images {tuple(test_images.shape[1:])} "
                              "differ in size; valid: images of one size")
@@ -120,8 +125,16 @@ class DiffRoar(Metric):
                 "test": tensor_digest(test_images), "test_labels": tensor_digest(test_labels)}
         cache = _KeepCache(cache_dir)
         fill = self.fill_value(train_images)
-        sources = [(spec.label, {"weights": state_digest(model), "method": spec.plain()},
-                    lambda x, y: saliency.attribute(model, x, y, spec, batch_size, device))]
+        if attributions is not None:
+            given = {"train": attributions[0], "test": attributions[1]}
+            for split, maps in given.items():
+                check_maps(maps, f"diffroar {split} attributions")
+                check_aligned(maps, train_images if split == "train" else test_images, f"diffroar {split} attributions")
+            sources = [(GIVEN, {"given": {k: tensor_digest(v) for k, v in given.items()}},
+                        lambda split, x, y: given[split])]
+        else:
+            sources = [(spec.label, {"weights": state_digest(model), "method": spec.plain()},
+                        lambda split, x, y: saliency.attribute(model, x, y, spec, batch_size, device))]
         if self.params.random_control:
             sources.append((RANDOM, {"random": self.params.seed}, None))
         out: Scores = {}
@@ -152,7 +165,7 @@ class DiffRoar(Metric):
         if attribute is None:
             gen = torch.Generator().manual_seed(int(json_digest({"random": self.params.seed, "split": split}, 15), 16))
             return torch.rand(images.shape, generator=gen)
-        maps = check_maps(attribute(images, labels), "diffroar attributions").abs()
+        maps = check_maps(attribute(split, images, labels), "diffroar attributions").abs()
         return maps.expand_as(images) if maps.shape[1] == 1 else maps
 
     def _curve(self, label: str, keeps: dict, fill: float, train_images, train_labels, test_images, test_labels,

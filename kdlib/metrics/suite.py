@@ -117,7 +117,7 @@ class ResultCache:
 
     def put(self, network: str, measure: str, key: dict, scores: Scores, seconds: float, images: int) -> dict:
         record = {"key": key, "scores": scores, "seconds": seconds, "images": images}
-        atomic.write_text(self._path(network, measure), json.dumps(record, indent=1, sort_keys=True) + "\n")
+        atomic.write_text(self._path(network, measure), json.dumps(record, indent=1) + "\n")  # scores keep their order
         return record
 
 
