@@ -350,3 +350,20 @@ def test_bad_maps_and_masks_are_one_line():
         alignment(bad, MASK)
     with pytest.raises(KdlibError, match="valid: a float tensor"):
         FiveBand().score(maps[0], MASK)
+
+
+def test_maps_derived_from_the_cached_gradient_equal_captums_own():
+    from kdlib.metrics import MapCache
+    from kdlib.metrics.saliency import attribute, parse_method
+    from kdlib.models import build as build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet8_w8", 3).eval()
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    cache = MapCache(x, y, batch_size=2)
+    for method in ("saliency", "input_x_gradient", {"name": "saliency", "output": "loss"}):
+        spec = parse_method(method)
+        assert torch.allclose(cache.get(net, spec), attribute(net, x, y, spec), atol=1e-7, rtol=1e-6), method
+    assert len(cache._maps) == 5  # two gradients (logit, loss) and the three derived maps
+    assert torch.allclose(cache.outputs(net), net(x).detach(), atol=1e-6)

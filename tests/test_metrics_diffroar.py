@@ -158,3 +158,11 @@ def test_retrainer_refuses_mismatched_tensors_and_unknown_models():
     with pytest.raises(KdlibError, match="valid: as many labels as images"):
         Retrainer("resnet8_w8", 2)(torch.zeros(4, 3, 8, 8), torch.zeros(3, dtype=torch.long), torch.zeros(2, 3, 8, 8),
                                    torch.zeros(2, dtype=torch.long), 0)
+
+
+def test_train_images_keeps_a_class_balanced_prefix_for_retraining():
+    x, y = toy(40, 8)
+    seen = []
+    DiffRoar(ks=[0.5], random_control=False, train_images=10)(
+        None, x, y, x, y, lambda tx, ty, *rest: seen.append(ty) or 0.5, attributions=(oracle(x), oracle(x)))
+    assert [len(t) for t in seen] == [10, 10] and torch.bincount(seen[0]).tolist() == [5, 5]

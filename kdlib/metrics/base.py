@@ -37,9 +37,26 @@ class MapCache:
         self._maps: dict[tuple[str, str], torch.Tensor] = {}
 
     def get(self, model: nn.Module, spec: saliency.AttributionSpec) -> torch.Tensor:
+        """``spec``'s maps of ``model`` (``saliency`` and ``input_x_gradient`` from the cached gradient)."""
         key = (state_digest(model), json_digest(spec.plain()))
         if key not in self._maps:
-            self._maps[key] = saliency.attribute(model, self.images, self.labels, spec, self.batch_size, self.device)
+            derived = saliency.gradient_form(spec)
+            if derived is not None:
+                gradient = self.get(model, derived[0])
+                self._maps[key] = gradient.abs() if derived[1] == "abs" else gradient * self.images
+            else:
+                self._maps[key] = saliency.attribute(model, self.images, self.labels, spec, self.batch_size, self.device)
+        return self._maps[key]
+
+    @torch.no_grad()
+    def outputs(self, model: nn.Module) -> torch.Tensor:
+        """``model``'s logits on the images (float32 [N, classes], CPU), computed once per weights."""
+        key = (state_digest(model), "logits")
+        if key not in self._maps:
+            model = model.eval().to(self.device)
+            parts = [model(self.images[i:i + self.batch_size].to(self.device)).float().cpu()
+                     for i in range(0, len(self.images), self.batch_size)]
+            self._maps[key] = torch.cat(parts)
         return self._maps[key]
 
     def keep(self, weights: set) -> None:

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from kdlib.errors import KdlibError
-from kdlib.metrics.base import Metric, MetricInputs, Scores, mean_finite
+from kdlib.metrics.base import Metric, MetricInputs, Scores, inputs_for, mean_finite
 from kdlib.metrics.checks import check_labels
 from kdlib.metrics.localisation import ratio
 from kdlib.params.metrics import ClassSimilarityParams
@@ -81,14 +81,6 @@ def correlation(probs: torch.Tensor, reference: torch.Tensor, labels: torch.Tens
     return pearson(similarity_matrix(probs, labels, c)[off], similarity_matrix(reference, labels, c)[off])
 
 
-@torch.no_grad()
-def softmax_outputs(model: torch.nn.Module, images: torch.Tensor, temperature: float, batch_size: int = 256,
-                    device="cpu") -> torch.Tensor:
-    model = model.eval().to(device)
-    logits = torch.cat([model(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)])
-    return torch.softmax(logits.double() / temperature, dim=1)
-
-
 @METRICS.register("class_similarity")
 class ClassSimilarity(Metric):
     """Within-class entropies, similarity-matrix correlation with the teacher, sibling shares."""
@@ -119,13 +111,15 @@ class ClassSimilarity(Metric):
     def __call__(self, model, images: torch.Tensor, labels: torch.Tensor, hierarchy, reference=None,
                  batch_size: int = 256, device="cpu") -> Scores:
         """Scores of ``model`` (setting ``T=<temperature>``); ``hierarchy``: a :class:`~kdlib.data.ontology.ClassHierarchy`."""
-        t = self.params.temperature
-        probs = softmax_outputs(model, images, t, batch_size, device)
-        ref = softmax_outputs(reference, images, t, batch_size, device) if reference is not None else None
-        return {f"T={t:g}": self.score(probs, labels, hierarchy.sibling_matrix(), ref)}
+        return self.evaluate(inputs_for(model, images, labels, None, batch_size, device, hierarchy=hierarchy, reference=reference))
 
     def evaluate(self, inputs: MetricInputs) -> Scores:
         if inputs.hierarchy is None:
             raise KdlibError("class_similarity needs the class hierarchy (classes.json); valid: a generated world")
-        return self(inputs.model, inputs.data.images, inputs.data.labels, inputs.hierarchy, inputs.reference,
-                    inputs.maps.batch_size, inputs.maps.device)
+        t = self.params.temperature
+
+        def probs(model):
+            return torch.softmax(inputs.maps.outputs(model).double() / t, dim=1)
+
+        reference = probs(inputs.reference) if inputs.reference is not None else None
+        return {f"T={t:g}": self.score(probs(inputs.model), inputs.data.labels, inputs.hierarchy.sibling_matrix(), reference)}

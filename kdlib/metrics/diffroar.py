@@ -5,7 +5,8 @@ its own by |attribution|), the top-k copy of the data keeps the k largest coordi
 copy the k smallest; every other coordinate is set to one scalar, the mean of the training data as the
 network sees it (``fill``; about 0 after normalisation, not exactly). A fresh network of the same
 architecture is retrained on each masked training set and tested on the test set masked the same way
-(the attributions of both come from the network being scored)::
+(the attributions of both come from the network being scored; ``train_images``: the first n training
+images in a class-balanced order, for a short retraining)::
 
     PredPower(k, side) = test accuracy of the network retrained on the side's masked data
     DiffROAR(k)        = PredPower(k, top) - PredPower(k, bottom)
@@ -32,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdlib import atomic
+from kdlib.data.masks import balanced_order
 from kdlib.digest import json_digest, state_digest, tensor_digest
 from kdlib.errors import KdlibError
 from kdlib.metrics import saliency
@@ -121,6 +123,10 @@ class DiffRoar(Metric):
             raise KdlibError(f"train images {tuple(train_images.shape[1:])} and test images {tuple(test_images.shape[1:])} "
                              "differ in size; valid: images of one size")
         spec = self.spec(default_layer)
+        if self.params.train_images is not None and self.params.train_images < len(train_images):
+            keep = torch.sort(balanced_order(train_labels)[: self.params.train_images]).values
+            train_images, train_labels = train_images[keep], train_labels[keep]
+            attributions = None if attributions is None else (attributions[0][keep], attributions[1])
         data = {"train": tensor_digest(train_images), "train_labels": tensor_digest(train_labels),
                 "test": tensor_digest(test_images), "test_labels": tensor_digest(test_labels)}
         cache = _KeepCache(cache_dir)

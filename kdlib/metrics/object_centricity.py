@@ -47,8 +47,8 @@ def unit_mass(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
             model(x)
             for layer in layers:
                 act = F.interpolate(captured[layer].float().clamp(min=0), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
-                act = act.double()
-                parts[layer].append(((act * region[:, None]).sum(dim=(2, 3)).cpu(), act.sum(dim=(2, 3)).cpu()))
+                inside = torch.einsum("nuhw,nhw->nu", act, region.float())
+                parts[layer].append((inside.double().cpu(), act.sum(dim=(2, 3)).double().cpu()))
     return {layer: (torch.cat([p[0] for p in ps]), torch.cat([p[1] for p in ps])) for layer, ps in parts.items()}
 
 

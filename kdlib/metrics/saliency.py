@@ -121,6 +121,17 @@ def parse_method(method: str | dict[str, Any], where: str = "method", default_la
     return AttributionSpec(name, fixed["output"], fixed["target"], layer, fixed["upsample"], tuple(sorted(options.items())))
 
 
+def gradient_form(spec: AttributionSpec) -> Optional[tuple[AttributionSpec, str]]:
+    """``(gradient spec, how)`` when ``spec``'s map follows from the signed input gradient of the same
+    output and target: ``saliency`` (abs, Captum's default) is ``|gradient|``, ``input_x_gradient`` is
+    ``input * gradient``, exactly as Captum computes them; so one backward pass serves all three."""
+    plain = {"saliency": (("abs", True),), "input_x_gradient": ()}
+    if spec.name not in plain or spec.options != plain[spec.name]:
+        return None
+    base = AttributionSpec("gradient", spec.output, spec.target, options=(("abs", False),))
+    return base, ("abs" if spec.name == "saliency" else "times_input")
+
+
 def _forward(model: nn.Module, output: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if output == "loss":
         return lambda x: -F.log_softmax(model(x), dim=1)  # [N, classes]; entry y is CE(x, y)

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from kdlib import atomic
-from kdlib.data.masks import balanced_order
 from kdlib.device import resolve_device
 from kdlib.digest import json_digest, tensor_digest
 from kdlib.errors import KdlibError
@@ -72,9 +71,6 @@ class Retrainer:
         if len(train_images) != len(train_labels) or len(test_images) != len(test_labels) or len(train_images) < 2:
             raise KdlibError(f"retrain: {len(train_images)} training images with {len(train_labels)} labels, {len(test_images)} "
                              f"test images with {len(test_labels)} labels; valid: as many labels as images, 2 or more training images")
-        if self.params.train_images is not None:
-            keep = torch.sort(balanced_order(train_labels)[: self.params.train_images]).values
-            train_images, train_labels = train_images[keep], train_labels[keep]
         path = self._cache_path(train_images, train_labels, test_images, test_labels, seed)
         if path is not None and path.is_file():
             self.reused += 1
