@@ -61,6 +61,15 @@ def test_five_band_hard_scores_of_hand_made_maps(name, heat, expected):
     assert {k: scores[f"hard_{k}"] for k in expected} == {k: approx(v) for k, v in expected.items()}
 
 
+def test_five_band_normalises_by_the_largest_magnitude_whatever_its_sign():
+    """Part -1.0, object +0.5: divided by max |h| = 1 the object is 0.5 (band 1, right) and the part band -2
+    (wrong); divided by the maximum (0.5) the object would be band 2. TP 3, FP 1, TN 12, FN 0."""
+    heat = torch.where(MASK == 2, -1.0, torch.where(MASK == 1, 0.5, 0.0))
+    scores = FiveBand().score(three(heat), MASK)
+    expected = {"accuracy": 15 / 16, "precision": 3 / 4, "recall": 1.0, "fpr": 1 / 13}
+    assert {k: scores[f"hard_{k}"] for k in expected} == {k: approx(v) for k, v in expected.items()}
+
+
 def test_five_band_soft_steps_move_the_heatmap_thresholds_only():
     """The perfect map's object is 0.4 / 0.9 = 0.444 after normalisation: the upper threshold 0.7 - 0.005 i
     drops below it at steps i = 52..55 (4 of 56), where the object turns band 2 (3 pixels wrong, TP 1, FP 3)."""

@@ -143,8 +143,10 @@ def test_retrainer_learns_the_toy_task_deterministically_and_caches(tmp_path):
     assert retrain(train_x, train_y, test_x, test_y, seed=1) == first and retrain.reused == 1
     fresh = Retrainer("resnet8_w8", 2, params)
     assert fresh(train_x, train_y, test_x, test_y, seed=1) == first, "same seed, same data: same accuracy"
-    states = [torch.load(p, weights_only=True)["state"] for p in tmp_path.glob("retrain-*.pt")]
-    assert len(states) == 1 and retrain.seconds > 0
+    retrain(train_x, train_y, test_x, test_y, seed=2)
+    states = [torch.load(p, weights_only=True)["state"] for p in sorted(tmp_path.glob("retrain-*.pt"))]
+    assert len(states) == 2 and retrain.trained == 2 and retrain.seconds > 0
+    assert not torch.equal(states[0]["conv1.weight"], states[1]["conv1.weight"]), "another seed: other weights"
     removed = Retrainer("resnet8_w8", 2, params)(masked(train_x, ~oracle(train_x).bool(), 0.0), train_y,
                                                  masked(test_x, ~oracle(test_x).bool(), 0.0), test_y, seed=1)
     assert removed < 0.7, "without the deciding patch the task is chance"
