@@ -93,3 +93,12 @@ def test_metrics_before_training_is_one_line(tmp_path):
     study = _study(tmp_path, {})
     with pytest.raises(KdlibError, match="is not trained"):
         steps.metrics(study, StudyFolder.for_study(study), progress=False)
+
+
+def test_a_layer_a_network_lacks_is_one_line_before_any_work(tmp_path):
+    study = _study(tmp_path, {"object_centricity": {"layers": ["layer4"]}})
+    with pytest.raises(KdlibError, match=r"metrics.object_centricity reads layer 'layer4', which resnet14_w8 \(teacher\) lacks; valid: .*layer3"):
+        steps.metrics(study, StudyFolder.for_study(study), progress=False)
+    study = _study(tmp_path, {"five_band": {"methods": [{"name": "layer_gradcam", "layer": "layer9"}]}})
+    with pytest.raises(KdlibError, match=r"metrics.five_band reads layer 'layer9'"):
+        steps.metrics(study, StudyFolder.for_study(study), progress=False)

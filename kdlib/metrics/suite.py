@@ -59,6 +59,33 @@ def reference_for(study: StudyParams, inst: RunInstance) -> Optional[RunInstance
     return None if ref is None or ref.key == inst.key else ref
 
 
+def check_metrics(study: StudyParams) -> None:
+    """Everything the ``metrics:`` section and the model names can tell, before any work: each measure
+    builds, every attribution method parses, every network named exists, and every layer a measure
+    reads (the methods' and object-centricity's) is a layer of each network it scores."""
+    from kdlib.metrics import build
+    from kdlib.metrics.saliency import METHODS, parse_method
+    from kdlib.models import build as build_model
+    from kdlib.models.nethook import layer_names
+
+    m = study.metrics
+    default_layer = study.dissect.layers[-1] if study.dissect.layers else None
+    for name in m.measures:
+        metric = build(name, m.section(name))
+        section = m.section(name)
+        methods = list(getattr(section, "methods", [])) + ([section.method] if name == "diffroar" else [])
+        specs = [parse_method(x, f"metrics.{name}.methods[{i}]", default_layer) for i, x in enumerate(methods)]
+        layers = [s.layer for s in specs if METHODS[s.name].layer]
+        if name == "object_centricity":
+            layers += list(section.layers or study.dissect.layers)
+        for inst in networks_for(study, name):
+            have = layer_names(build_model(inst.run.model, 2, **inst.run.model_kwargs))
+            missing = [layer for layer in layers if layer not in have]
+            if missing:
+                raise KdlibError(f"{study.source}: metrics.{metric.name} reads layer {missing[0]!r}, which {inst.run.model} "
+                                 f"({inst.key}) lacks; valid: {', '.join(have)}")
+
+
 class StudyData:
     """The evaluation split (images, labels, masks), the training split (for DiffROAR) and the class
     hierarchy of a study's world, loaded when first asked for. ``fingerprint`` names them without

@@ -280,6 +280,7 @@ def metrics(study: StudyParams, folder: StudyFolder, progress: bool = True) -> p
     from kdlib.metrics import MapCache, build, suite
 
     m = study.metrics
+    suite.check_metrics(study)
     trained(study, folder)
     chosen = {name: {i.key for i in suite.networks_for(study, name)} for name in m.measures}
     measures = {name: build(name, m.section(name)) for name in m.measures}
