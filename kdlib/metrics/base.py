@@ -85,7 +85,6 @@ class MetricInputs:
     default_layer: Optional[str] = None
     layers: list[str] = field(default_factory=list)
     cache_dir: Any = None
-    network: str = ""
     progress: bool = False
 
 
@@ -102,6 +101,12 @@ class Metric:
     name: ClassVar[str]
     params_class: ClassVar[type]
     directions: ClassVar[dict[str, str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        bad = {k: v for k, v in cls.directions.items() if v not in DIRECTIONS}
+        if bad:
+            raise TypeError(f"{cls.__name__}.directions {bad}: each must be one of {DIRECTIONS}")  # a bug in kdlib
 
     def __init__(self, params: Any = None, **hyper: Any):
         if params is not None and hyper:

@@ -341,4 +341,4 @@ def _metric_inputs(study: StudyParams, folder: StudyFolder, inst: RunInstance, m
     return MetricInputs(model=net["model"], data=data.eval, maps=maps, hierarchy=data.hierarchy, reference=net["reference"],
                         dissection=net["dissection"], train=data.train if measure == "diffroar" else None,
                         retrain=retrain, default_layer=study.dissect.layers[-1], layers=list(study.dissect.layers),
-                        cache_dir=folder.cache / "diffroar", network=inst.key, progress=progress)
+                        cache_dir=folder.cache / "diffroar", progress=progress)
