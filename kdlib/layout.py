@@ -1,7 +1,8 @@
 """Run folders: the one place that names every file and folder kdlib writes, and reads and writes ``done``.
 
-A study's run folder ``<output_root>/<run id>/`` (run id ``<params stem>-<8 hex digits of the params>``,
-so the same params always land in the same folder and other params in another)::
+A study's run folder ``<output_root>/<run id>/`` (run id ``<params stem>-<8 hex digits of the params that
+the trained networks depend on>``, so the same params always land in the same folder and params that
+train other networks in another)::
 
     manifest.json               params, seeds, git commit, versions, machine, per-step wall times
     runs/<network>/             one training run per network (teachers by name, students <name>-s<seed>)
@@ -46,15 +47,16 @@ METRICS_CSV = "metrics.csv"
 PARAMS_YAML = "params.yaml"
 REPORT = "report.html"
 
-# params that say where things go, not what they are: left out of the run id
-_PLACE_KEYS = ("data_root", "output_root")
+# params that say where things go, not what they are, and the measures computed on the networks
+# (kdlib.metrics caches them per network and params): left out of the run id
+_PLACE_KEYS = ("data_root", "output_root", "metrics")
 
 
 def run_id(study: StudyParams) -> str:
     """``<params file stem>-<8 hex digits of the params>`` (``study-...`` for params not from a file)."""
     stem = Path(study.source).stem if study.source.endswith((".yaml", ".yml")) else "study"
     safe = "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in stem) or "study"
-    content = {k: v for k, v in to_dict(study).items() if k not in _PLACE_KEYS}
+    content = {k: v for k, v in to_dict(study).items() if k in RUN_ID_SECTIONS}
     return f"{safe}-{json_digest(content, 8)}"
 
 

@@ -49,7 +49,7 @@ def test_study_writes_tables_figures_manifest_and_done(tiny_study):
     assert manifest["seed"] == params["seed"]
     assert manifest["params"]["world"]["profile"] == "tiny"
     assert manifest["packages"]["torch"] and len(manifest["git"]["commit"] or "x" * 40) == 40
-    assert set(manifest["timings_s"]) == {"world", "train", "dissect", "tables", "figures", "compare"}
+    assert set(manifest["timings_s"]) == {"world", "train", "dissect", "tables", "figures", "metrics", "compare"}
 
 
 @pytest.mark.slow

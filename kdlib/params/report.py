@@ -25,6 +25,7 @@ class Claim:
     category: Optional[str] = None
     iou_threshold: Optional[float] = None
     setting: Optional[str] = None
+    score: Optional[str] = None
     source: str = knob("", doc="where the claim comes from (paper section, or 'control: ours')")
 
 

@@ -11,6 +11,7 @@ Layout of a study file (every section optional)::
     students: [{...}, ...]       # RunParams, trained per seed; may override `train` and name a `teacher`
     dissect: {...}               # DissectParams
     report: {baseline: scratch, claims: [...]}   # ReportParams: what the study compares and judges
+    metrics: {...}               # MetricsParams: interpretability measures (kdlib.metrics)
 
 One teacher for all seeds, as in Han et al.: the seeds measure the spread of the students, the only
 networks whose method differs. A teacher may itself distil from another teacher (never from itself,
@@ -30,6 +31,7 @@ import yaml
 from kdlib.errors import KdlibError
 from kdlib.params.dissect import DissectParams
 from kdlib.params.report import ReportParams
+from kdlib.params.metrics import MetricsParams
 from kdlib.params.train import RunParams, TrainParams
 from kdlib.params.validate import from_dict, knob, replace_from_dict
 from kdlib.params.world import WorldParams, world_dir_name, world_params_from
@@ -72,6 +74,7 @@ class StudyParams:
     students: list[RunParams] = knob(default_factory=list)
     dissect: DissectParams = field(default_factory=DissectParams)
     report: ReportParams = field(default_factory=ReportParams)
+    metrics: MetricsParams = field(default_factory=MetricsParams)
     data_root: str = knob("data", doc="where generated worlds are written")
     output_root: str = knob("outputs", doc="where run folders are written")
     source: str = field(default="<dict>", compare=False, metadata={"internal": True})

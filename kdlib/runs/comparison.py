@@ -4,7 +4,8 @@ with a confidence interval, each run compared with the baseline seed by seed, an
 The study's tables are per network (``tables/accuracy.csv``, ``tables/detectors.csv`` and, when the
 metrics step ran, ``tables/metrics.csv``). :func:`observations` stacks them into one long table with one
 row per (network, measure): ``network, run, seed, kind, measure, layer, category, iou_threshold,
-setting, value`` (NaN where a key does not apply). Then:
+setting, score, value`` (NaN where a key does not apply; ``setting`` and ``score`` are a metric's, e.g.
+``five_band``, ``saliency``, ``hard_pixel_accuracy``). Then:
 
 * :func:`summary`: per run and measure, mean, 95% t interval, sd and number of seeds (``kdlib.stats``);
   an untrained null is summarised as the run ``random-<model>``;
@@ -26,7 +27,7 @@ import pandas as pd
 from kdlib.errors import KdlibError
 from kdlib.stats import mean_ci, paired_difference
 
-KEYS = ["measure", "layer", "category", "iou_threshold", "setting"]
+KEYS = ["measure", "layer", "category", "iou_threshold", "setting", "score"]
 COLUMNS = ["network", "run", "seed", "kind", *KEYS, "value"]
 ACCURACY_MEASURES = ("train_acc", "val_acc", "test_acc")
 DISSECTION_MEASURES = ("detectors", "share", "unique_concepts", "mean_best_iou", "median_best_iou")
@@ -44,7 +45,7 @@ def observations(accuracy: pd.DataFrame, detectors: pd.DataFrame, metrics: Optio
 def _accuracy_rows(accuracy: pd.DataFrame) -> pd.DataFrame:
     long = accuracy.melt(id_vars=["network", "run", "seed"], value_vars=list(ACCURACY_MEASURES),
                          var_name="measure", value_name="value")
-    return long.assign(kind="trained", layer=np.nan, category=np.nan, iou_threshold=np.nan, setting=np.nan)
+    return long.assign(kind="trained", layer=np.nan, category=np.nan, iou_threshold=np.nan, setting=np.nan, score=np.nan)
 
 
 def _detector_rows(detectors: pd.DataFrame) -> pd.DataFrame:
@@ -55,15 +56,16 @@ def _detector_rows(detectors: pd.DataFrame) -> pd.DataFrame:
     graded = long["measure"].isin(["mean_best_iou", "median_best_iou"])
     long.loc[graded, "iou_threshold"] = np.nan  # graded measures do not depend on the threshold
     long = long.drop_duplicates(subset=["network", "measure", "layer", "category", "iou_threshold"])
-    return long.assign(setting=np.nan)
+    return long.assign(setting=np.nan, score=np.nan)
 
 
 def _metric_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in ("network", "run", "seed", "measure", "setting", "value") if c not in metrics]
+    wanted = ("network", "run", "seed", "measure", "setting", "score", "value")
+    missing = [c for c in wanted if c not in metrics]
     if missing:
-        raise KdlibError(f"metrics table lacks column {missing[0]!r}; valid: network, run, seed, measure, setting, value")
-    frame = metrics[["network", "run", "seed", "measure", "setting", "value"]].copy()
-    return frame.assign(kind="trained", layer=frame.get("layer", np.nan), category=np.nan, iou_threshold=np.nan)
+        raise KdlibError(f"metrics table lacks column {missing[0]!r}; valid: {', '.join(wanted)}")
+    frame = metrics[list(wanted)].copy()
+    return frame.assign(kind="trained", layer=np.nan, category=np.nan, iou_threshold=np.nan)
 
 
 def _group(frame: pd.DataFrame, by: list[str]):
@@ -105,12 +107,17 @@ def judge(obs: pd.DataFrame, claims: list, level: float = 0.95) -> pd.DataFrame:
     rows = []
     for claim in claims:
         joined = _paired(obs, claim.a, claim.b)
-        for key, want in (("measure", claim.measure), ("layer", claim.layer), ("category", claim.category),
-                          ("iou_threshold", claim.iou_threshold), ("setting", claim.setting)):
+        for key in KEYS:
+            want = getattr(claim, key)
             joined = joined[joined[key].isna()] if want is None else joined[joined[key] == want]
         if joined.empty:
             rows.append({"claim": claim.claim, "a": claim.a, "b": claim.b, "verdict": "no data", "n": 0})
             continue
+        if joined["seed"].duplicated().any():
+            raise KdlibError(
+                f"report claim {claim.claim!r} matches {len(joined)} rows for {joined['seed'].nunique()} seeds; "
+                "valid: a claim naming one measure (give its layer, category, iou_threshold, setting and score)"
+            )
         res = paired_difference(joined["value_a"].astype(float), joined["value_b"].astype(float), level)
         rows.append({"claim": claim.claim, "a": claim.a, "b": claim.b, "expect": claim.expect,
                      **res.as_dict(), "verdict": verdict(res.difference, claim.expect)})

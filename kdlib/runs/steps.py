@@ -43,8 +43,10 @@ IOU_THRESHOLDS = (0.04, 0.05)  # Network Dissection's and Han et al.'s; both alw
 
 def check(study: StudyParams) -> None:
     """Everything the params and the model names can tell, checked before any step runs: models, loss
-    options, layers of every loss term, teachers (:func:`kdlib.train.check_study`), and the dissected
-    layers of every network the study dissects."""
+    options, layers of every loss term, teachers (:func:`kdlib.train.check_study`), the metrics section's
+    layers, methods and networks (:func:`kdlib.metrics.suite.check_metrics`), and the dissected layers of
+    every network the study dissects."""
+    from kdlib.metrics.suite import check_metrics
     from kdlib.models import build
     from kdlib.models.nethook import capture_layers
     from kdlib.train import check_study
@@ -52,6 +54,7 @@ def check(study: StudyParams) -> None:
     if not study.runs():
         raise KdlibError(f"{study.source}: no teachers or students to study; valid: a teachers and/or students section")
     check_study(study)
+    check_metrics(study)
     for model, kwargs in {(r.model, tuple(sorted(r.model_kwargs.items()))): None for r in study.runs()}:
         net = build(model, 2, **dict(kwargs))
         try:
@@ -280,3 +283,87 @@ def save_figure(fig, folder: StudyFolder, name: str) -> None:
     for ext in ("png", "svg"):
         with atomic.atomic_path(folder.figure(name, ext)) as tmp:
             fig.savefig(tmp, dpi=110, format=ext, metadata={"Date": None} if ext == "svg" else None)
+
+
+# --------------------------------------------------------------------------------------------
+# Interpretability measures (kdlib.metrics)
+# --------------------------------------------------------------------------------------------
+
+
+def metrics(study: StudyParams, folder: StudyFolder, progress: bool = True) -> pd.DataFrame:
+    """``tables/metrics.csv``: the ``metrics:`` section's measures on the networks it names (default:
+    every trained network; DiffROAR: the first seed's students), one row per network, measure, setting
+    and score, with the score's direction and the seconds its computation took.
+
+    Each (network, measure) result is cached in ``cache/metrics/<network>/<measure>.json`` under a key
+    of the network's and its reference teacher's weights, the measure's params, the data and the
+    dissection it read, so a re-run recomputes nothing; DiffROAR's retrainings are cached in
+    ``cache/retrain`` and its keep-masks in ``cache/diffroar``."""
+    import time
+
+    from kdlib.device import resolve_device
+    from kdlib.metrics import MapCache, build, suite
+
+    m = study.metrics
+    suite.check_metrics(study)
+    trained(study, folder)
+    chosen = {name: {i.key for i in suite.networks_for(study, name)} for name in m.measures}
+    measures = {name: build(name, m.section(name)) for name in m.measures}
+    data = suite.StudyData(study, world(study, folder) or Path(study.data.imagefolder))
+    device = resolve_device(m.device, "metrics.device")
+    maps = None
+    cache = suite.ResultCache(folder.cache / "metrics")
+    rows = []
+    for inst in study.instances():
+        names = [n for n in m.measures if inst.key in chosen[n]]
+        if not names:
+            continue
+        net = _metric_network(study, folder, inst)
+        if maps is not None:
+            maps.keep({net["weights"], net["reference_weights"]})  # the teacher's maps serve every student
+        for name in names:
+            key = suite.cache_key(measures[name], net["weights"], net["reference_weights"], data, net["dissection_key"],
+                                  {"retrain": to_dict(m.diffroar.retrain)} if name == "diffroar" else None)
+            record = cache.get(inst.key, name, key)
+            cached = record is not None
+            if record is None:
+                maps = maps or MapCache(data.eval.images, data.eval.labels, m.batch_size, device)
+                start = time.perf_counter()
+                scores = measures[name].evaluate(_metric_inputs(study, folder, inst, name, net, data, maps, progress))
+                record = cache.put(inst.key, name, key, scores, time.perf_counter() - start, len(data.eval.labels))
+            rows += suite.table_rows(inst, measures[name], record, cached)
+    frame = pd.DataFrame(rows)
+    write_table(folder.table("metrics"), frame)
+    return frame
+
+
+def _metric_network(study: StudyParams, folder: StudyFolder, inst: RunInstance) -> dict:
+    """A trained network, its reference teacher and its dissection (when the dissect step saved one),
+    with the digests that key its cached measures."""
+    from kdlib.dissect import DissectResult
+    from kdlib.metrics import suite
+    from kdlib.models.checkpoint import load_model
+
+    model = load_model(folder.run(inst.key) / layout.CHECKPOINT)[0]
+    ref_inst = suite.reference_for(study, inst)
+    reference = load_model(folder.run(ref_inst.key) / layout.CHECKPOINT)[0] if ref_inst is not None else None
+    target = folder.dissection(inst.key)
+    done = layout.read_done(target, "dissect") if target.is_dir() else None
+    return {"model": model, "weights": state_digest(model), "reference": reference,
+            "reference_weights": state_digest(reference) if reference is not None else None,
+            "dissection": DissectResult.load(target) if done is not None else None,
+            "dissection_key": done.get("key") if done is not None else None}
+
+
+def _metric_inputs(study: StudyParams, folder: StudyFolder, inst: RunInstance, measure: str, net: dict, data, maps,
+                   progress: bool):
+    """What the measures read for network ``inst`` (DiffROAR's retraining: a fresh ``inst.run.model``)."""
+    from kdlib.metrics import MetricInputs
+    from kdlib.train.retrain import Retrainer
+
+    num_classes = len(data.eval.classes)
+    retrain = Retrainer(inst.run.model, num_classes, study.metrics.diffroar.retrain, inst.run.model_kwargs, folder.cache / "retrain")
+    return MetricInputs(model=net["model"], data=data.eval, maps=maps, hierarchy=data.hierarchy, reference=net["reference"],
+                        dissection=net["dissection"], train=data.train if measure == "diffroar" else None,
+                        retrain=retrain, default_layer=study.dissect.layers[-1], layers=list(study.dissect.layers),
+                        cache_dir=folder.cache / "diffroar", progress=progress)

@@ -39,6 +39,8 @@ def run_study(study: StudyParams, out: str | Path | None = None, progress: bool 
             steps.tables(study, folder)
         with manifest.step("figures"):
             steps.figures(study, folder)
+        with manifest.step("metrics"):
+            steps.metrics(study, folder, progress=progress)
         with manifest.step("compare"):
             steps.compare(study, folder)
         layout.write_done(folder.root, "study", run_id=folder.root.name, steps=manifest.steps)
