@@ -47,13 +47,14 @@ METRICS_CSV = "metrics.csv"
 PARAMS_YAML = "params.yaml"
 REPORT = "report.html"
 
-# params that say where things go, not what they are, and the measures computed on the networks
-# (kdlib.metrics caches them per network and params): left out of the run id
-_PLACE_KEYS = ("data_root", "output_root", "metrics")
+# The run id covers what the trained networks depend on. Dissection, metrics and report settings and
+# the places data and outputs go are left out: changing them reruns only their own (keyed) steps in the
+# same folder instead of retraining every network in a new one.
+RUN_ID_SECTIONS = ("seed", "seeds", "world", "data", "train", "teachers", "students")
 
 
 def run_id(study: StudyParams) -> str:
-    """``<params file stem>-<8 hex digits of the params>`` (``study-...`` for params not from a file)."""
+    """``<params file stem>-<8 hex digits of RUN_ID_SECTIONS>`` (``study-...`` for params not from a file)."""
     stem = Path(study.source).stem if study.source.endswith((".yaml", ".yml")) else "study"
     safe = "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in stem) or "study"
     content = {k: v for k, v in to_dict(study).items() if k in RUN_ID_SECTIONS}
