@@ -31,6 +31,6 @@ class Claim:
 
 @dataclass(frozen=True)
 class ReportParams:
-    baseline: str = knob("scratch", doc="the run every other run is compared with, seed by seed")
+    baseline: Optional[str] = knob(None, doc="the student every other run is compared with, seed by seed; None: no comparison")
     level: float = knob(0.95, gt=0.5, lt=1.0, doc="confidence level of every interval")
     claims: list[Claim] = knob(default_factory=list)

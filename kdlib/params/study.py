@@ -166,8 +166,8 @@ def _check_teacher_graph(teachers: list[RunParams], students: list[RunParams]) -
 
 
 def _check_report(report: ReportParams, students: list[str], names: list[str]) -> None:
-    """The baseline is a student; every claim compares runs of this file (or an untrained null)."""
-    if students and report.baseline not in students:
+    """The baseline (when given) is a student; every claim compares runs of this file (or an untrained null)."""
+    if report.baseline is not None and report.baseline not in students:
         raise KdlibError(f"report.baseline = {report.baseline!r} is not a student; valid: {', '.join(students)}")
     for i, claim in enumerate(report.claims):
         for side in ("a", "b"):

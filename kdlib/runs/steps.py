@@ -54,13 +54,13 @@ def check(study: StudyParams) -> None:
     if not study.runs():
         raise KdlibError(f"{study.source}: no teachers or students to study; valid: a teachers and/or students section")
     check_study(study)
-    check_metrics(study)
     for model, kwargs in {(r.model, tuple(sorted(r.model_kwargs.items()))): None for r in study.runs()}:
         net = build(model, 2, **dict(kwargs))
         try:
             capture_layers(net, study.dissect.layers)
         except KdlibError as exc:
             raise KdlibError(f"{study.source}: dissect.layers: {exc} (model {model})") from None
+    check_metrics(study)
 
 
 def world(study: StudyParams, folder: StudyFolder) -> Optional[Path]:
@@ -266,7 +266,7 @@ def compare(study: StudyParams, folder: StudyFolder) -> dict[str, pd.DataFrame]:
     obs = comparison.observations(tabs["accuracy"], tabs["detectors"], metrics)
     level = study.report.level
     out = {"observations": obs, "summary": comparison.summary(obs, level)}
-    if study.students:
+    if study.report.baseline is not None:
         out["differences"] = comparison.differences(obs, study.report.baseline, level)
     out["claims"] = comparison.judge(obs, study.report.claims, level)
     for name, frame in out.items():
