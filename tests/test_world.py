@@ -22,6 +22,7 @@ from kdlib.data.world import content_hash, generate, read_manifest, write_world
 from kdlib.errors import KdlibError
 
 TINY = PROFILES["tiny"]
+Z_999 = 3.29  # two-sided 99.9% normal quantile: every sampling interval below
 
 
 def test_same_seed_gives_byte_identical_files_whatever_the_workers(tmp_path, tiny_world):
@@ -305,7 +306,6 @@ def test_attribute_ceiling_is_certain_or_blind_when_the_world_says_so(tmp_path):
 README_SPLIT_SIZE = 1920
 README_ACCURACY = {"ceiling": 0.912, "scene": 0.448, "part": 0.306, "texture": 0.247, "colour": 0.184,
                    "material": 0.186, "shape": 0.250}  # fmt: skip
-Z_999 = 3.29  # two-sided 99.9% normal quantile
 
 
 def single_cue_accuracy(world: Path, split: str) -> dict[str, float]:
