@@ -1,7 +1,7 @@
 # kdlib: two commands do everything on a fresh machine (2 CPU cores, no GPU needed).
 #   make study   set up .venv, generate the default world, run the study (params/default.yaml)
 #   make test    set up .venv, run the test suite
-# Other targets: setup, world, grid, benchmarks, clean.
+# Other targets: test-fast (the tests not marked slow, for the edit loop), setup, world, grid, benchmarks, clean.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup study test world grid benchmarks clean
+.PHONY: setup study test test-fast world grid benchmarks clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ study: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
 
 grid: world
 	$(PY) scripts/world_grid.py --world $$($(PY) -c "from kdlib.params import load_study; print(load_study('$(PARAMS)').world_dir())") --out docs/world_grid.png

@@ -21,9 +21,11 @@ def tiny_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def default_probe_world(tmp_path_factory):
-    """The default profile's concept world with the full probe set but one image per class and split:
-    what label statistics are computed from, in a few seconds instead of the whole world."""
+    """The default profile's concept world with the full probe set and the full test split, but one image
+    per class in train and val: what label statistics, the attribute ceiling and single cues are computed
+    from, in seconds instead of the whole world. Its probe set and test split are bit for bit the default
+    world's (each image draws from its own ``(seed, split, index)`` generator)."""
     from dataclasses import replace
 
-    params = replace(PROFILES["default"], train_per_class=1, val_per_class=1, test_per_class=1)
+    params = replace(PROFILES["default"], train_per_class=1, val_per_class=1)
     return generate(params, tmp_path_factory.mktemp("worlds") / "default-probe", seed=0)

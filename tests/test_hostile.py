@@ -114,13 +114,20 @@ PARAMS_TEXT_CASES = [
 
 
 # Both tools read params with the same load_study; the training tool is run on a sample of the cases.
+# A case is slow (about 4 s of imports) when the tool gets as far as importing torch: every kdlib.train
+# case, and "no runs", which kdlib.runs finds while checking the models.
 TOOL_CASES = [(["kdlib.runs", "run"], *case) for case in PARAMS_TEXT_CASES] + [
     (["kdlib.train"], *case) for case in PARAMS_TEXT_CASES if case[0] in
     ("empty file", "duplicate key", "infinite lr", "run name escapes", "teacher cycle", "no runs")
 ]
 
 
-@pytest.mark.parametrize("tool, label, text, needle", TOOL_CASES, ids=[f"{t[0]}-{c}" for t, c, *_ in TOOL_CASES])
+def _tool_case(tool, label, text, needle):
+    slow = tool == ["kdlib.train"] or label == "no runs"
+    return pytest.param(tool, label, text, needle, id=f"{tool[0]}-{label}", marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("tool, label, text, needle", [_tool_case(*case) for case in TOOL_CASES])
 def test_bad_params_text_is_one_line_before_any_work(tmp_path, tool, label, text, needle):
     path = _write(tmp_path, text)
     before = tree(tmp_path)
@@ -156,6 +163,7 @@ def test_unreadable_params_files(tmp_path, make, needle):
     assert_one_line_refusal(proc, needle)
 
 
+@pytest.mark.slow
 def test_layers_that_a_model_lacks_are_found_before_training(tmp_path, tiny_world):
     path = params_file(tmp_path, tiny_world, dissect={"layers": ["layer4"]})  # resnet8 has 3 stages
     proc = run_tool(["kdlib.runs", "run", str(path), "--quiet"], tmp_path)
@@ -197,11 +205,12 @@ def test_crafted_checkpoint_is_refused_without_running(tmp_path):
     assert not marker.exists(), "the pickle's code must not run"
 
 
+@pytest.mark.slow
 def test_crafted_teacher_checkpoint_in_params_is_refused_without_running(tmp_path, tiny_world):
     path, marker = _crafted(tmp_path)
     study = params_file(tmp_path, tiny_world, teachers=[],
                         students=[{"name": "kd", "model": "resnet8_w8", "teacher": {"checkpoint": str(path)},
-                                   "loss": [{"name": "kd"}]}])
+                                   "loss": [{"name": "kd"}]}], report={"baseline": "kd"})
     proc = run_tool(["kdlib.train", str(study), "--quiet"], tmp_path)
     assert_one_line_refusal(proc, "refused unread")
     assert not marker.exists()
@@ -267,6 +276,7 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, tiny_wo
     assert not list((tmp_path / "outputs").rglob("done"))
 
 
+@pytest.mark.slow
 def test_out_naming_an_existing_file(tmp_path, tiny_world):
     study = params_file(tmp_path, tiny_world)
     (tmp_path / "afile").write_text("x")
@@ -333,6 +343,7 @@ def test_second_process_on_the_same_study_folder_stops_at_once(tmp_path, tiny_wo
     finally:
         first.send_signal(signal.SIGINT)
         first.wait(timeout=60)
+    assert first.returncode == 130, "the first process was working (interrupted, not failed) when the second came"
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,7 +354,7 @@ def test_second_process_on_the_same_study_folder_stops_at_once(tmp_path, tiny_wo
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--profile", "huge"], "--profile 'huge' is not a profile"),
+        (["--profile", "huge"], "error: --profile 'huge' is not a profile; valid: default, tiny"),
         (["--profile", "tiny", "--workers", "0"], "--workers 0 is not valid"),
         (["--profile", "tiny", "--seed", "-3"], "seed = -3 is not valid"),
     ],

@@ -65,12 +65,26 @@ def test_every_activation_is_out_of_place_and_called_once(name):
     assert len(calls) == len(acts)
 
 
-def test_same_seed_same_initial_weights():
-    torch.manual_seed(3)
-    a = build("resnet18_w8", 6).state_dict()
-    torch.manual_seed(3)
-    b = build("resnet18_w8", 6).state_dict()
+def test_initial_network_depends_on_the_seed_alone():
+    """kdlib.train.initial_network, what training starts a run from and the dissection's random null: the
+    same at a seed whatever the caller's RNG did before and whatever the run's loss (runs of one seed are
+    compared in pairs because they start alike), another at another seed, the caller's RNG untouched."""
+    from kdlib.params import RunParams
+    from kdlib.train import initial_network
+
+    scratch = RunParams(name="scratch", model="resnet18_w8")
+    ls = RunParams(name="ls", model="resnet18_w8", loss=[{"name": "ls", "epsilon": 0.1}])
+    torch.manual_seed(1)
+    a = initial_network(scratch, 6, 3).state_dict()
+    torch.manual_seed(2)
+    torch.rand(100)
+    before = torch.get_rng_state()
+    b = initial_network(ls, 6, 3).state_dict()
+    assert torch.equal(torch.get_rng_state(), before), "the caller's RNG state is left as it was"
+    other = initial_network(scratch, 6, 4).state_dict()
+    weights = [k for k, v in a.items() if v.is_floating_point() and "running" not in k]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(not torch.equal(a[k], other[k]) for k in weights if a[k].std() > 0), "every random tensor differs"
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,9 @@ A world folder holds
 Generation is deterministic: each image draws from its own ``numpy`` generator seeded by
 ``(seed, split, index)``, so the files are byte-identical whatever the number of worker processes.
 A world is written into a temporary folder and renamed when complete; a second run with the same
-params is a no-op, and a run with other params refuses to replace an existing world unless ``--force``.
+params is a no-op (:func:`write_world` returns whether it wrote; the command line prints "wrote world"
+or "is up to date" from that), and a run with other params refuses to replace an existing world unless
+``--force``.
 """
 
 from __future__ import annotations
@@ -334,11 +336,12 @@ def _generate_into(root: Path, params: WorldParams, seed: int, workers: int) -> 
     return manifest
 
 
-def generate(params: WorldParams, out: str | os.PathLike, seed: int | None = None, force: bool = False, workers: int | None = None) -> Path:
-    """Write the world described by ``params`` and ``seed`` to ``out``; return ``out``.
+def write_world(params: WorldParams, out: str | os.PathLike, seed: int | None = None, force: bool = False, workers: int | None = None) -> bool:
+    """Make ``out`` hold the world described by ``params`` and ``seed``; True when this call wrote it,
+    False when ``out`` already held this exact world (nothing is touched).
 
-    A no-op when ``out`` already holds this exact world. Refuses (one-line :class:`KdlibError`) when
-    ``out`` holds another world (unless ``force``) or anything that is not a world.
+    Refuses (one-line :class:`KdlibError`) when ``out`` holds another world (unless ``force``) or
+    anything that is not a world.
     """
     out = Path(out)
     seed = (params.seed if params.seed is not None else 0) if seed is None else seed
@@ -355,7 +358,7 @@ def generate(params: WorldParams, out: str | os.PathLike, seed: int | None = Non
         else:
             same = {k: manifest.get(k) for k in key} == key
             if same:
-                return out
+                return False
             if not force:
                 raise KdlibError(
                     f"output folder {str(out)!r} holds another world ({manifest.get('params', {}).get('profile')!r}, "
@@ -365,13 +368,21 @@ def generate(params: WorldParams, out: str | os.PathLike, seed: int | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     with lock_file(out.parent / f".{out.name}.lock", "world folder", out):
         if read_manifest(out) is not None and {k: read_manifest(out).get(k) for k in key} == key:
-            return out  # finished by another process between the check above and taking the lock
+            return False  # finished by another process between the check above and taking the lock
         for entry in out.parent.glob(f".{out.name}.*"):  # temporary folders of a killed generation
             if atomic.is_temporary(entry) or entry.name == f".{out.name}.old":
                 shutil.rmtree(entry, ignore_errors=True)
         with atomic.atomic_dir(out, replace=True) as tmp:
             _generate_into(tmp, params, seed, workers)
-    return out
+    return True
+
+
+def generate(params: WorldParams, out: str | os.PathLike, seed: int | None = None, force: bool = False, workers: int | None = None) -> Path:
+    """Write the world described by ``params`` and ``seed`` to ``out`` (:func:`write_world`); return ``out``.
+
+    A no-op when ``out`` already holds this exact world."""
+    write_world(params, out, seed=seed, force=force, workers=workers)
+    return Path(out)
 
 
 def ensure_world(study) -> Path:
@@ -413,14 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and args.workers < 1:
         raise KdlibError(f"--workers {args.workers} is not valid; valid: an integer >= 1")
     start = time.perf_counter()
-    existed = read_manifest(out) is not None and out.is_dir()
-    generate(study.world, out, seed=seed, force=args.force, workers=args.workers)
-    took = time.perf_counter() - start
-    if existed and took < 1.0 and not args.force:
-        print(f"world {out} is up to date (seed {seed})")
+    wrote = write_world(study.world, out, seed=seed, force=args.force, workers=args.workers)
+    if wrote:
+        print(f"wrote world {out} in {time.perf_counter() - start:.1f} s: {read_manifest(out)['counts']} (seed {seed})")
     else:
-        manifest = read_manifest(out)
-        print(f"wrote world {out} in {took:.1f} s: {manifest['counts']} (seed {seed})")
+        print(f"world {out} is up to date (seed {seed})")
     return 0
 
 
