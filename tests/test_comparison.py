@@ -116,5 +116,5 @@ def test_a_baseline_without_results_and_a_metrics_table_without_a_column_are_one
         differences(obs, "nobody")
     assert str(e.value) == "baseline run 'nobody' has no results; valid: one of kd, ls, random-m, scratch"
     metrics = pd.DataFrame({"network": ["kd-s0"], "run": ["kd"], "seed": [0], "measure": ["x"], "value": [1.0]})
-    with pytest.raises(KdlibError, match="^metrics table lacks column 'setting'; valid: network, run, seed, measure, setting, value$"):
+    with pytest.raises(KdlibError, match="^metrics table lacks column 'setting'; valid: network, run, seed, measure, setting, score, value$"):
         observations(_accuracy(), _detectors(), metrics)
