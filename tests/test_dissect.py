@@ -15,11 +15,13 @@ from torch import nn
 
 import reference_dissect as ref
 from dissect_helpers import ChannelUnits, SmallNet, normalised, random_broden
-from kdlib.data.broden import BrodenDataset, BrodenWriter
+from kdlib.data.broden import BrodenDataset, BrodenWriter, collate_broden
+from kdlib.data.broden_labels import label_cache
 from kdlib.dissect import DissectResult, TopK, capture_layers, dissect
-from kdlib.dissect.engine import make_loader
+from kdlib.dissect.batches import make_loader
+from kdlib.dissect.labels import from_pixel
 from kdlib.dissect.quantile import topk_size
-from kdlib.dissect.tally import IoUTally, upsample_bilinear, unit_mask
+from kdlib.dissect.tally import IoUTally, label_areas, upsample_bilinear, unit_mask
 from kdlib.errors import KdlibError
 
 
@@ -204,16 +206,17 @@ def test_kept_activations_skip_the_second_forward_pass_and_change_nothing(probe)
     try:
         run = lambda **kw: dissect(model, probe, layers=["layer1", "layer2"], quantile=0.02, batch_size=8, progress=False, **kw)
         kept = run()
-        assert sum(images_seen) == len(probe)  # one forward pass
+        # one image first (the shapes and the memory estimate: kdlib.dissect.budget), then one forward pass
+        assert images_seen[0] == 1 and sum(images_seen[1:]) == len(probe)
         assert kept.meta["feature_cache"]["used"] and kept.meta["feature_cache"]["state"] == "used"
         images_seen.clear()
         off = run(feature_cache_mb=0)
-        assert sum(images_seen) == 2 * len(probe) and off.meta["feature_cache"]["state"] == "off"
+        assert sum(images_seen[1:]) == 2 * len(probe) and off.meta["feature_cache"]["state"] == "off"
         images_seen.clear()
         per_image = (6 * 8 * 8 + 8 * 4 * 4) * 4  # bytes of layer1 + layer2 activations per image
         budget = 10 * per_image / 2**20  # ten images' worth: the first batch of 8 fits, the second crosses it
         over = run(feature_cache_mb=budget)
-        assert sum(images_seen) == 2 * len(probe) and over.meta["feature_cache"]["state"] == "over budget"
+        assert sum(images_seen[1:]) == 2 * len(probe) and over.meta["feature_cache"]["state"] == "over budget"
         assert 0 < over.meta["feature_cache"]["peak_mb"] <= budget
     finally:
         handle.remove()
@@ -222,17 +225,24 @@ def test_kept_activations_skip_the_second_forward_pass_and_change_nothing(probe)
             assert torch.equal(a, b) and torch.equal(a, c)
 
 
-def test_each_pass_reads_only_its_part_of_the_probe_set(probe):
+def test_each_pass_reads_only_its_part_of_the_probe_set(probe, tmp_path):
+    """Pass 1 reads images only; pass 2 reads labels from the label cache: the same batch, bit for bit,
+    as packing the decoded segmentations of the items (collate_broden) directly."""
     cpu = torch.device("cpu")
-    whole = list(make_loader(probe, 7, "all", cpu))
-    images = list(make_loader(probe, 7, "images", cpu))
-    labels = list(make_loader(probe, 7, "labels", cpu))
-    assert len(whole) == len(images) == len(labels)
-    for w, i, l in zip(whole, images, labels):
-        assert torch.equal(i["image"], w["image"]) and torch.equal(i["index"], w["index"])  # image_tensor(i)
-        assert l["image"].shape[1] == 0  # no image decoded for pass 2 on kept activations
-        for key in ("pixel", "scalar", "index"):
-            assert torch.equal(l[key], w[key]), key
+    labels = label_cache(probe, tmp_path, progress=False)
+    category = probe.primary_category.clone()
+    category[0] = -1
+    images = list(make_loader(probe, 7, cpu, images=True))
+    only_labels = list(make_loader(probe, 7, cpu, images=False, labels=labels))
+    assert len(images) == len(only_labels) == math.ceil(len(probe) / 7)
+    for start, (i, l) in zip(range(0, len(probe), 7), zip(images, only_labels)):
+        whole = collate_broden([probe[j] for j in range(start, min(start + 7, len(probe)))])
+        assert torch.equal(i["image"], whole["image"]) and torch.equal(i["index"], whole["index"]) and "labels" not in i
+        assert "image" not in l and torch.equal(l["index"], whole["index"])
+        want = from_pixel(whole["pixel"], whole["scalar"], category, len(probe.categories))
+        for name in ("words", "bits", "scalar", "areas"):
+            assert torch.equal(getattr(l["labels"], name), getattr(want, name)), name
+        assert torch.equal(want.areas, label_areas(whole["pixel"], whole["scalar"], probe.num_labels))
 
 
 class _PlainDataset(torch.utils.data.Dataset):
