@@ -204,9 +204,6 @@ class SyntheticInputs(BrodenDataset):
     def __getitem__(self, i: int):
         return {**super().__getitem__(i), "image": self.image_tensor(i)}
 
-    def fingerprint(self) -> str:
-        return f"{super().fingerprint()}-synthetic{self.hw}"
-
 
 class SyntheticUnits(nn.Module):
     """``layer4``: ``units`` activation maps at the input's resolution, ``relu(W x + b) * pattern``: a

@@ -97,7 +97,7 @@ def probe_shapes(model: nn.Module, dataset, layers, device: torch.device) -> dic
     return shapes
 
 
-def estimate(settings, images: int, image_hw: tuple[int, int], seg_hw: tuple[int, int], words: int,
+def estimate(settings, images: int, image_hw: tuple[int, int], seg_hw: tuple[int, int], depth: int,
              shapes: Mapping[str, tuple[int, int, int]], num_labels: int, chunk_elements: int) -> dict[str, int]:
     """Bytes of what the run allocates, by part (see the module docstring)."""
     B = settings.batch_size
@@ -110,7 +110,7 @@ def estimate(settings, images: int, image_hw: tuple[int, int], seg_hw: tuple[int
         "activation batches": 3 * B * every,  # the layer's output, the captured copy, float32
         "exact top-k": sum(3 * u * topk_size(images * h * w, settings.quantile) * 4 for u, h, w in shapes.values()),
         "kept activations": min(int(settings.feature_cache_mb * 2**20), images * every),
-        "label batches": 2 * B * S * (8 * words + 8),
+        "label batches": 2 * B * S * depth * (4 + 24),  # run numbers per pixel, and up to one run per pixel
         "tally counts": sum(u * (num_labels + 16) * 8 for u, _, _ in shapes.values()) + 48 * chunk_elements,
         "examples": sum(2 * u * settings.examples * h * w * 4 for u, h, w in shapes.values()),
     }

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdlib.data.broden_labels import DecodedLabels, label_cache, words_for
+from kdlib.data.broden_labels import label_cache
 from kdlib.device import resolve_device
 from kdlib.dissect import budget
 from kdlib.dissect import cache as cache_mod
@@ -181,7 +181,7 @@ def compute_tallies(
         for batch, feats in stream:
             labels = batch.get("labels")
             if labels is None:
-                labels = from_pixel(batch["pixel"], batch["scalar"], label_category.cpu(), num_categories)
+                labels = from_pixel(batch["pixel"], batch["scalar"], num_labels)
             labels = labels.to(device)
             truth += labels.areas
             for layer in layers:
@@ -403,8 +403,8 @@ def _check_memory(model, dataset, layers, settings: DissectParams, dev) -> dict[
     largest = max(range(len(dataset)), key=lambda i: budget.input_shape(dataset, i)[0] * budget.input_shape(dataset, i)[1]) if rows else 0
     image_hw = budget.input_shape(dataset, largest)
     seg_hw = max(((r.sh, r.sw) for r in rows), key=lambda s: s[0] * s[1]) if rows else image_hw
-    words = words_for(max(sum(len(f) for f in r.pixel.values()) for r in rows)) if rows else 1
-    args = (settings, len(dataset), image_hw, seg_hw, words)
+    depth = max(sum(len(f) for f in r.pixel.values()) for r in rows) if rows else 1
+    args = (settings, len(dataset), image_hw, seg_hw, depth)
     chunk = 1 << 24 if dev.type == "cuda" else 1 << 21
     budget.check_fits(budget.estimate(*args, {}, int(dataset.num_labels), 0), dev, "reading the probe set")
     shapes = budget.probe_shapes(model, dataset, layers, dev)
@@ -418,7 +418,7 @@ def _dissect_layers(model, dataset, layers, settings: DissectParams, dev, label_
     _check_memory(model, dataset, layers, settings, dev)
     label_category = dataset.primary_category.clone().long()
     label_category[0] = -1
-    labels = label_cache(dataset, label_folder, progress, settings.num_workers)
+    labels = label_cache(dataset, label_folder, progress, settings.num_workers, meta["dataset_fingerprint"])
     B, workers = settings.batch_size, settings.num_workers
     loader = make_loader(dataset, B, dev, workers, images=True)
     thresholds = compute_thresholds(model, loader, layers, settings.quantile, len(dataset), dev, progress,

@@ -15,11 +15,15 @@ Masks follow the rule of :mod:`kdlib.dissect.upsample` (``upsample_bilinear(map)
 map's maximum is ``<= T``); (image, unit) pairs whose maximum is ``<= T`` are skipped, and for the others
 only the pixels that can pass are evaluated (:class:`~kdlib.dissect.upsample.SparseMasks`), exactly.
 
-Per chunk of firing (image, unit) pairs, a fixed number of large tensor ops, whatever the number of
-units, images or labels: the sparse masks (a dozen ops), one lookup of the packed labels under the mask
-pixels (:class:`~kdlib.dissect.labels.BatchLabels`), one ``scatter_add`` over (unit, label) for the
-intersections, and one over (pair, category bits) for the A term. ``chunk_elements`` bounds every
-intermediate, so memory does not grow with the number of images or units.
+Labels are counted per vertical segment of a mask, not per pixel: the masks come as segments (a column's
+mask pixels within one row cell, :meth:`~kdlib.dissect.upsample.SparseMasks.segments`) and each
+segmentation layer as vertical runs of equal labels (:class:`~kdlib.dissect.labels.BatchLabels`), so a
+segment's labels are the runs between those of its first and last pixel, with the rows they share
+(usually one run per layer). Per chunk of firing (image, unit) pairs, a fixed number of large tensor
+ops, whatever the number of units, images or labels: the sparse masks (about twenty ops), two lookups
+of runs per (segment, layer), one ``index_add`` over (unit, label) for the intersections and one count
+over (pair, category bits) for the A term. ``chunk_elements`` bounds every intermediate, so memory does
+not grow with the number of images or units.
 """
 
 from __future__ import annotations
@@ -71,6 +75,10 @@ class IoUTally:
         # each label's column for the overlap count: its category, or C (dropped) for label 0 and labels in none
         self.category_column = torch.where(self.label_category >= 0, self.label_category, num_categories)
         self.category_column[0] = num_categories
+        # each label's category as a bit (0 for label 0 and labels in none), for the overlap count
+        if num_categories > 62:
+            raise KdlibError(f"{num_categories} categories; valid: at most 62")
+        self.label_bits = torch.where(self.category_column < num_categories, 1 << self.category_column.clamp(max=62), 0)
         if chunk_elements is None:
             chunk_elements = 1 << 24 if device.type == "cuda" else 1 << 21
         self.chunk_elements = int(chunk_elements)
@@ -87,7 +95,7 @@ class IoUTally:
         if feats.dim() != 4 or feats.shape[1] != self.units:
             raise KdlibError(f"activations of shape {tuple(feats.shape)}; valid: [batch, {self.units}, h, w]")
         if not isinstance(labels, BatchLabels):
-            labels = from_pixel(labels, scalar, self.label_category.cpu(), self.num_categories).to(feats.device)
+            labels = from_pixel(labels, scalar, self.num_labels).to(feats.device)
         if labels.batch != feats.shape[0]:
             raise KdlibError(f"{labels.batch} label images for {feats.shape[0]} activation maps; valid: the same batch")
         feats = feats.float()
@@ -106,16 +114,16 @@ class IoUTally:
 
     def _add_pairs(self, maps, labels: BatchLabels, b, u, masks: SparseMasks) -> None:
         L, C, k = self.num_labels, self.num_categories, b.numel()
-        pair, flat = masks.pixels(maps, self.thresholds.index_select(0, u), self.chunk_elements)
-        self.pixels_masked += pair.numel()
-        area = torch.bincount(pair, minlength=k)  # mask pixels per pair
+        pair, x, first, last = masks.segments(maps, self.thresholds.index_select(0, u), self.chunk_elements)
+        length = last - first + 1
+        area = torch.zeros(k, dtype=torch.long, device=maps.device).index_add_(0, pair, length)  # mask pixels per pair
+        self.pixels_masked += int(length.sum())
         overlap = torch.zeros((k, C), dtype=torch.bool, device=maps.device)
-        if pair.numel() > 0:
-            rows = (b * (labels.size[0] * labels.size[1])).index_select(0, pair).add_(flat)  # batch pixel of each
-            if labels.words.shape[1] > 0:
-                keys = labels.unpack(rows).add_((u * L).index_select(0, pair).unsqueeze(1))  # unit * L + label
-                self.intersection.view(-1).scatter_add_(0, keys.view(-1), _ones(keys.numel(), keys.device))
-            overlap |= _categories_met(pair, labels.bits.index_select(0, rows), k, C)
+        if labels.depth > 0 and pair.numel() > 0:
+            seg, label, count = _runs_under(labels, b.index_select(0, pair), x, first, last)
+            keys = (u * L).index_select(0, pair.index_select(0, seg)).add_(label)  # unit * L + label
+            self.intersection.view(-1).index_add_(0, keys, count)
+            overlap |= _categories_met(pair.index_select(0, seg), self.label_bits.index_select(0, label), k, C)
         if labels.scalar.shape[1] > 0:  # an image-level label lies under every mask pixel of its image
             nums = labels.scalar.index_select(0, b)  # [k, M]
             weight = area.unsqueeze(1).expand_as(nums)
@@ -132,19 +140,43 @@ class IoUTally:
         return activation_per_label(self.activation_cat, self.label_category)
 
 
-def _ones(n: int, device) -> torch.Tensor:
-    return torch.ones(1, dtype=torch.long, device=device).expand(n)
+def _runs_under(labels: BatchLabels, image, x, first, last) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For vertical segments (image, column x, rows first..last): every (segment, layer, run) they cross,
+    as ``(segment, label, pixels in common)``, for the layers each image has. The runs of a column are
+    consecutive, so a segment crosses the runs from the one of its first pixel to the one of its last."""
+    sh, sw = labels.size
+    D, S = labels.depth, sh * sw
+    depth = labels.depths.index_select(0, image)  # layers of each segment's image
+    if int(depth.min()) == D:  # every image has every layer
+        seg = torch.arange(image.numel(), device=image.device).repeat_interleave(D)
+        layer = torch.arange(D, device=image.device).repeat(image.numel())
+    else:
+        seg = torch.repeat_interleave(torch.arange(image.numel(), device=image.device), depth)
+        layer = torch.arange(seg.numel(), device=image.device) - (torch.cumsum(depth, 0) - depth).index_select(0, seg)
+    plane = (image.index_select(0, seg) * D + layer).mul_(S)
+    lo = labels.run_index.index_select(0, plane + (first * sw + x).index_select(0, seg)).long()
+    hi = labels.run_index.index_select(0, plane.add_((last * sw + x).index_select(0, seg))).long()
+    crossed = hi - lo + 1  # runs per (segment, layer); mostly 1
+    if int(crossed.max()) > 1:
+        pos = torch.repeat_interleave(torch.arange(lo.numel(), device=image.device), crossed)
+        run = lo.index_select(0, pos) + torch.arange(pos.numel(), device=image.device) - (torch.cumsum(crossed, 0) - crossed).index_select(0, pos)
+        seg = seg.index_select(0, pos)
+    else:
+        run = lo
+    top = torch.maximum(first.index_select(0, seg), labels.run_first.index_select(0, run))
+    bottom = torch.minimum(last.index_select(0, seg), labels.run_last.index_select(0, run))
+    return seg, labels.run_label.index_select(0, run), bottom.sub_(top).add_(1)
 
 
 def _categories_met(pair: torch.Tensor, bits: torch.Tensor, k: int, C: int) -> torch.Tensor:
-    """[k, C] bool: whether some pixel of pair p has a label of category c (``bits``: per pixel, bit c),
+    """[k, C] bool: whether some event of pair p has a label of category c (``bits``: bit c per event),
     one count over (pair, byte of bits) per 8 categories."""
     out = torch.zeros((k, C), dtype=torch.bool, device=pair.device)
     for first in range(0, C, 8):
         width = min(8, C - first)
-        byte = (bits >> first).bitwise_and_((1 << width) - 1) if first else bits
+        byte = (bits >> first).bitwise_and_((1 << width) - 1)
         seen = torch.zeros(k << width, dtype=torch.long, device=pair.device)
-        seen.scatter_add_(0, (pair << width).add_(byte), _ones(pair.numel(), pair.device))
+        seen.index_add_(0, (pair << width).add_(byte), torch.ones_like(byte))
         table = _BYTE_BITS[: 1 << width, :width].to(pair.device)
         out[:, first : first + width] = ((seen.view(k, 1 << width) > 0).float() @ table) > 0
     return out

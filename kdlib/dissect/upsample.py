@@ -153,9 +153,9 @@ class _AxisCells:
 class SparseMasks:
     """The mask pixels of many maps at once, evaluating only pixels that can pass (module docstring).
 
-    ``pixels(maps, thresholds)`` returns ``(pair, flat)``: for every pixel where
-    ``upsample_bilinear(maps[pair]) > thresholds[pair]``, the map's index and the pixel's index
-    ``sy * sw + sx``, bit for bit the dense rule. Steps, each a few tensor ops over all maps:
+    ``segments(maps, thresholds)`` returns the pixels where ``upsample_bilinear(maps[pair]) >
+    thresholds[pair]`` as vertical segments, bit for bit the dense rule (``pixels`` expands them).
+    Steps, each a few tensor ops over all maps:
     candidate map positions (two rounding passes away from ``T``), the *cells* (blocks of pixels that
     read the same four map values) around them, the x pass on those cells' columns, candidate columns
     (one pass away), and the y pass on those columns' rows."""
@@ -184,7 +184,10 @@ class SparseMasks:
         live = live.view(k, ny, nx)[:, : ny - 1, : nx - 1]  # drop the "no cell" sentinel
         return live.nonzero(as_tuple=True)
 
-    def pixels(self, maps: torch.Tensor, thresholds: torch.Tensor, chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def segments(self, maps: torch.Tensor, thresholds: torch.Tensor, chunk_elements: int) -> tuple[torch.Tensor, ...]:
+        """The masks as vertical segments: ``(pair, x, first, last)``, int64 [n] each: the pixels
+        ``(y, x)`` with ``first <= y <= last`` are in map ``pair``'s mask; every mask pixel is in exactly
+        one segment (a column's pixels in one row cell, split where float32 rounding leaves a gap)."""
         k = maps.shape[0]
         scale = maps.view(k, -1).abs().amax(dim=1)
         pair, cy, cx = self._live_cells(maps, thresholds, scale)
@@ -204,22 +207,41 @@ class SparseMasks:
         cell = torch.div(q, rx, rounding_mode="floor")
         sx = self.x.start.index_select(0, cx.index_select(0, cell)) + (q - cell * rx)
         ycell, pair = cy.index_select(0, cell), pair.index_select(0, cell)
-        step = max(1, chunk_elements // self.y.index.shape[1])
-        pairs, flats = [], []
-        for s in range(0, q.numel(), step):  # the y pass, [step, Ry] values at a time (bounded memory)
-            yc, p = ycell[s : s + step], pair[s : s + step]
-            v = (v0[s : s + step].unsqueeze(1) * self.y.w0.index_select(0, yc)).add_(
-                v1[s : s + step].unsqueeze(1) * self.y.w1.index_select(0, yc)
-            )
-            hit = (v > thresholds.index_select(0, p).unsqueeze(1)).logical_and_(self.y.valid.index_select(0, yc))
-            i, r = hit.nonzero(as_tuple=True)
-            sy = self.y.start.index_select(0, yc.index_select(0, i)) + r
-            pairs.append(p.index_select(0, i))
-            flats.append(sy * self.sw + sx[s : s + step].index_select(0, i))
-        if not pairs:
+        step = max(1, chunk_elements // self.y.index.shape[1])  # [R, step] values at a time (bounded memory)
+        parts = [self._column_segments(v0[s : s + step], v1[s : s + step], ycell[s : s + step], pair[s : s + step],
+                                       sx[s : s + step], thresholds) for s in range(0, q.numel(), step)]
+        if not parts:
             empty = torch.empty(0, dtype=torch.long, device=maps.device)
-            return empty, empty
-        return (torch.cat(pairs), torch.cat(flats)) if len(pairs) > 1 else (pairs[0], flats[0])
+            return empty, empty, empty, empty
+        return tuple(torch.cat(p) for p in zip(*parts)) if len(parts) > 1 else parts[0]
+
+    def _column_segments(self, v0, v1, ycell, pair, sx, thresholds):
+        """The y pass of :func:`upsample_bilinear` on candidate columns (the same ops, per pixel), then
+        each column's hits as one segment, or one per pixel where float32 rounding left a gap."""
+        v = (v0.unsqueeze(1) * self.y.w0.index_select(0, ycell)).add_(v1.unsqueeze(1) * self.y.w1.index_select(0, ycell))
+        hit = (v > thresholds.index_select(0, pair).unsqueeze(1)).logical_and_(self.y.valid.index_select(0, ycell))
+        rows = hit.shape[1]
+        rank = torch.arange(1, rows + 1, dtype=torch.int16, device=hit.device)
+        count = hit.sum(dim=1, dtype=torch.int16).long()
+        last = (hit * rank).amax(dim=1).long() - 1
+        first = rows - (hit * rank.flip(0)).amax(dim=1).long()
+        whole = (count > 0) & (count == last - first + 1)
+        start = self.y.start.index_select(0, ycell)
+        split = ((count > 0) & ~whole).nonzero().squeeze(1)
+        i, r = hit.index_select(0, split).nonzero(as_tuple=True)
+        keep, single = whole.nonzero().squeeze(1), split.index_select(0, i)
+        pick = lambda t: torch.cat([t.index_select(0, keep), t.index_select(0, single)])  # noqa: E731
+        return (pick(pair), pick(sx), torch.cat([(start + first).index_select(0, keep), start.index_select(0, single) + r]),
+                torch.cat([(start + last).index_select(0, keep), start.index_select(0, single) + r]))
+
+    def pixels(self, maps: torch.Tensor, thresholds: torch.Tensor, chunk_elements: int = 1 << 21) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask pixels: ``(pair, flat)`` with ``flat = y * sw + x`` (the segments, expanded)."""
+        pair, x, first, last = self.segments(maps, thresholds, chunk_elements)
+        length = last - first + 1
+        seg = torch.repeat_interleave(torch.arange(pair.numel(), device=pair.device), length)
+        offset = torch.arange(seg.numel(), device=pair.device) - (torch.cumsum(length, 0) - length).index_select(0, seg)
+        y = first.index_select(0, seg) + offset
+        return pair.index_select(0, seg), y * self.sw + x.index_select(0, seg)
 
 
 @functools.lru_cache(maxsize=64)
