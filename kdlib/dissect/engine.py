@@ -44,8 +44,12 @@ of probe images beyond those budgets (apart from the exact top-k buffer, ``q`` o
 and what a run will allocate is estimated before it does (:mod:`kdlib.dissect.budget`). The model is put
 in eval mode and moved to ``device`` for the run, then restored.
 
-**Threads** (``threads``; CPU only): None leaves torch's setting as it is; N sets ``torch.set_num_threads(N)``
-for the run and restores it afterwards. See the Dissection section of the README for what was measured.
+**Threads** (``threads``; CPU only): the run sets ``torch.set_num_threads(threads)`` and restores the old
+value afterwards; None leaves torch's setting. The default is 1: a batch is a few hundred tensor ops,
+each an OpenMP parallel region at 2 threads, and when the second thread is descheduled (another busy
+process on the machine) every region waits for it. Measured on the shared 2-core machine: 2 threads
+were 5x slower than 1 for the study's dissection and 22x slower for the Broden regime; alone on a quiet
+machine 2 threads gain at most the forward pass's share. Raise it on a dedicated many-core machine.
 """
 
 from __future__ import annotations

@@ -27,7 +27,11 @@ class DissectParams:
     image_size: Optional[int] = knob(None, ge=8, le=1024, doc="resize probe images to this size; None: as stored")
     num_workers: int = knob(0, ge=0, le=64, doc="DataLoader worker processes")
     device: str = knob("auto", doc="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
-    threads: Optional[int] = knob(None, ge=1, le=256, doc="CPU threads for the run (torch.set_num_threads); None: leave torch's setting")
+    threads: Optional[int] = knob(
+        1, ge=1, le=256,
+        doc="CPU threads for the run (torch.set_num_threads; restored after); None: leave torch's setting. "
+        "1 by default: beside other busy processes a second thread made dissection 5-20x slower (README)",
+    )  # fmt: skip
 
     def __post_init__(self):
         if not self.layers or not all(isinstance(l, str) and l for l in self.layers):
