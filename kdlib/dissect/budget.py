@@ -124,6 +124,10 @@ def check_fits(parts: Mapping[str, int], device: torch.device, what: str) -> Non
         return
     largest = max(parts, key=parts.get)
     raise KdlibError(
-        f"{what} needs at least {need / GiB:.1f} GiB on {device} ({largest}: {parts[largest] / GiB:.1f} GiB) "
-        f"but {free / GiB:.1f} GiB are free; valid: a smaller batch_size, image_size or feature_cache_mb, or fewer layers"
+        f"{what} needs at least {_size(need)} on {device} ({largest}: {_size(parts[largest])}) "
+        f"but {_size(free)} are free; valid: a smaller batch_size, image_size or feature_cache_mb, or fewer layers"
     )
+
+
+def _size(n: int) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / 2**20:.0f} MiB"

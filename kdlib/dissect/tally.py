@@ -153,6 +153,8 @@ def _runs_under(labels: BatchLabels, image, x, first, last) -> tuple[torch.Tenso
     else:
         seg = torch.repeat_interleave(torch.arange(image.numel(), device=image.device), depth)
         layer = torch.arange(seg.numel(), device=image.device) - (torch.cumsum(depth, 0) - depth).index_select(0, seg)
+    if seg.numel() == 0:  # no segment lies in an image with a pixel label
+        return seg, seg, seg
     plane = (image.index_select(0, seg) * D + layer).mul_(S)
     lo = labels.run_index.index_select(0, plane + (first * sw + x).index_select(0, seg)).long()
     hi = labels.run_index.index_select(0, plane.add_((last * sw + x).index_select(0, seg))).long()
