@@ -151,13 +151,29 @@ def main(argv: list[str] | None = None, load_checkpoint: CheckpointLoader | None
     args = _parser().parse_args(argv)
     settings = settings_from(args)
     from kdlib.data.broden import BrodenDataset
+    from kdlib.dissect import shard
     from kdlib.dissect.engine import dissect
+
+    started = shard.init_from_env()  # under torchrun: each rank dissects a shard (kdlib.dissect.shard)
+    if started and settings.device == "auto" and torch.cuda.is_available():
+        settings = replace_from_dict(settings, {"device": f"cuda:{torch.cuda.current_device()}"}, "dissect")
+    try:
+        dataset = BrodenDataset(find_broden(args.data), image_size=settings.image_size)
+        model, source = load_network(args, load_checkpoint)
+        result = dissect(model, dataset, settings, cache_dir=args.cache, label_cache_dir=args.label_cache,
+                         progress=not args.no_progress and shard.world()[0] == 0)
+        if shard.world()[0] == 0:  # one writer
+            write_outputs(args, settings, dataset, result, source)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def write_outputs(args, settings: DissectParams, dataset, result, source: dict) -> None:
+    """The output folder: the result, the bar graph, unit strips, the summary printed, ``done`` last."""
     from kdlib.viz.dissect import detector_bar_chart, save_unit_strips
 
-    dataset = BrodenDataset(find_broden(args.data), image_size=settings.image_size)
-    model, source = load_network(args, load_checkpoint)
-    result = dissect(model, dataset, settings, cache_dir=args.cache, label_cache_dir=args.label_cache,
-                     progress=not args.no_progress)
     result.meta.update(source=source)
     out = Path(args.out)
     done = out / "done"
@@ -174,7 +190,6 @@ def main(argv: list[str] | None = None, load_checkpoint: CheckpointLoader | None
     summary = result.summary()
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     write_text(done, json.dumps({"layers": list(result), "source": source}, default=str) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ only when pass 1 could not keep its activations (:class:`FeatureCache`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -24,18 +24,20 @@ class ProbeParts(Dataset):
     """Item ``i`` of the probe set with the parts a pass reads: ``image`` (when ``images``), ``labels``
     (image i's :class:`~kdlib.data.broden_labels.DecodedImage`, when ``labels`` is given) and ``index``."""
 
-    def __init__(self, dataset, images: bool, labels: DecodedLabels | None):
+    def __init__(self, dataset, images: bool, labels: DecodedLabels | None, indices: Sequence[int] | None = None):
         if not images and labels is None:
             raise ValueError("a pass reads images, labels or both")
         self.dataset = dataset
         self.images = images
         self.labels = labels
+        self.indices = range(len(dataset)) if indices is None else indices
         self.image_tensor = getattr(dataset, "image_tensor", None)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        i = self.indices[j]  # the image's number in the whole probe set (a shard reads some of them)
         item: dict[str, Any] = {"index": i}
         if self.images:
             item["image"] = self.image_tensor(i) if self.image_tensor is not None else self.dataset[i]["image"]
@@ -67,10 +69,11 @@ class CollateParts:
 
 
 def make_loader(dataset, batch_size: int, device: torch.device, num_workers: int = 0, images: bool = True,
-                labels: DecodedLabels | None = None) -> DataLoader:
-    """Batches in dataset order with the parts asked for (see :class:`ProbeParts`)."""
+                labels: DecodedLabels | None = None, indices: Sequence[int] | None = None) -> DataLoader:
+    """Batches in dataset order with the parts asked for (see :class:`ProbeParts`); ``indices``: the
+    images read (default: all)."""
     return DataLoader(
-        ProbeParts(dataset, images, labels),
+        ProbeParts(dataset, images, labels, indices),
         batch_size=batch_size,
         shuffle=False,
         collate_fn=CollateParts(int(dataset.num_labels)),

@@ -66,7 +66,7 @@ from tqdm.auto import tqdm
 
 from kdlib.data.broden_labels import label_cache
 from kdlib.device import resolve_device
-from kdlib.dissect import budget
+from kdlib.dissect import budget, shard
 from kdlib.dissect import cache as cache_mod
 from kdlib.dissect.batches import FeatureCache, make_loader
 from kdlib.dissect.labels import BatchLabels, from_pixel
@@ -100,12 +100,15 @@ def compute_thresholds(
     stat: Callable[..., Any] = TopK,
     total: int | None = None,
     keep: FeatureCache | None = None,
+    merge: Callable[[Any], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pass 1: per layer, each unit's ``1 - quantile`` activation quantile (tensor [units] on ``device``).
 
     ``stat(units, n, quantile, device=...)`` builds the per-layer statistic (default: exact :class:`TopK`;
     the benchmark passes an approximate one); it needs ``add(feats)`` and ``threshold()``. ``keep``: a
-    :class:`FeatureCache` that keeps the activations for pass 2 while they fit.
+    :class:`FeatureCache` that keeps the activations for pass 2 while they fit. ``merge(stat)``: called on
+    each statistic before its threshold is read (sharded runs merge the ranks' top-k there,
+    :mod:`kdlib.dissect.shard`); ``num_images`` counts every rank's images.
     """
     stats: dict[str, Any] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -129,6 +132,9 @@ def compute_thresholds(
                 keep.add(batch["index"], kept)
     if not stats:
         raise KdlibError("the probe set yielded no batches; valid: a dataset with at least one image")
+    for layer in layers:
+        if merge is not None:
+            merge(stats[layer])
     return {layer: stats[layer].threshold() for layer in layers}
 
 
@@ -194,7 +200,20 @@ def compute_tallies(
                 if examples > 0:
                     tops.setdefault(layer, TopExamples(feats[layer].shape[1], examples, device=device))
                     tops[layer].add(feats[layer], batch["index"], maxima)
+    if shard.world()[1] > 1:
+        _merge_ranks(tallies, tops, truth)
     return tallies, tops, truth
+
+
+def _merge_ranks(tallies: Mapping[str, IoUTally], tops: Mapping[str, TopExamples], truth: torch.Tensor) -> None:
+    """Sharded runs: every rank's counts summed and top examples merged (:mod:`kdlib.dissect.shard`)."""
+    shard.sum_counts([truth])
+    for layer, tally in tallies.items():
+        seen = torch.tensor([tally.pairs_seen, tally.pairs_upsampled, tally.pixels_masked], device=truth.device)
+        shard.sum_counts([tally.intersection, tally.activation_cat, tally.unit_area, seen])
+        tally.pairs_seen, tally.pairs_upsampled, tally.pixels_masked = (int(v) for v in seen.tolist())
+        if layer in tops:
+            shard.merge_examples(tops[layer])
 
 
 def resolve_settings(settings: DissectParams | None, overrides: Mapping[str, Any]) -> DissectParams:
@@ -323,8 +342,11 @@ def dissect(
     fitted their budget. See the module docstring for the exact definition.
     """
     settings = resolve_settings(settings, overrides)
-    if len(dataset) == 0:
-        raise KdlibError(f"the probe set {getattr(dataset, 'root', '')} has no images; valid: at least one image")
+    if len(dataset) < shard.world()[1]:
+        raise KdlibError(
+            f"the probe set {getattr(dataset, 'root', '')} has {len(dataset)} images for {shard.world()[1]} ranks; "
+            "valid: at least one image per rank"
+        )
     dataset = _at_image_size(dataset, settings.image_size)
     dev = resolve_device(settings.device, "dissect.device")
     layers = list(settings.layers)
@@ -346,7 +368,7 @@ def dissect(
             with _label_folder(label_cache_dir, cache_dir) as folder:
                 fresh = _dissect_layers(model, dataset, todo, settings, dev, folder, kept, meta, progress)
             for layer, res in fresh.items():
-                if cache_dir is not None:
+                if cache_dir is not None and shard.world()[0] == 0:  # one writer
                     cache_mod.store(cache_dir, keys[layer], res)
                 done[layer] = res
     return DissectResult(
@@ -371,6 +393,7 @@ def _metadata(dataset, settings: DissectParams) -> dict[str, Any]:
         "quantile": settings.quantile,
         "iou_threshold": settings.iou_threshold,
         "upsample": UPSAMPLE,
+        "ranks": shard.world()[1],
     }
 
 
@@ -396,8 +419,14 @@ def _label_folder(label_cache_dir, cache_dir):
     if label_cache_dir is not None or cache_dir is not None:
         yield label_cache_dir if label_cache_dir is not None else os.path.join(cache_dir, "labels")
         return
+    rank, size = shard.world()
     with tempfile.TemporaryDirectory(prefix="kdlib-labels-") as tmp:
+        if size > 1:  # the ranks of one machine share rank 0's folder
+            names = [tmp]
+            torch.distributed.broadcast_object_list(names, src=0)
+            tmp = names[0]
         yield tmp
+        shard.barrier()  # nobody removes the folder while another rank reads it
 
 
 def _check_memory(model, dataset, layers, settings: DissectParams, dev) -> dict[str, tuple[int, int, int]]:
@@ -416,19 +445,29 @@ def _check_memory(model, dataset, layers, settings: DissectParams, dev) -> dict[
     return shapes
 
 
+def _labels(dataset, folder, progress: bool, num_workers: int, fingerprint: str):
+    """The label cache; in a sharded run rank 0 builds it while the others wait, then all read it."""
+    rank, size = shard.world()
+    if rank == 0:
+        labels = label_cache(dataset, folder, progress, num_workers, fingerprint)
+    shard.barrier()
+    return labels if rank == 0 else label_cache(dataset, folder, False, num_workers, fingerprint)
+
+
 def _dissect_layers(model, dataset, layers, settings: DissectParams, dev, label_folder, kept: FeatureCache, meta,
                     progress: bool) -> dict[str, LayerResult]:
     """Both passes over ``layers`` (none of them cached)."""
     _check_memory(model, dataset, layers, settings, dev)
     label_category = dataset.primary_category.clone().long()
     label_category[0] = -1
-    labels = label_cache(dataset, label_folder, progress, settings.num_workers, meta["dataset_fingerprint"])
-    B, workers = settings.batch_size, settings.num_workers
-    loader = make_loader(dataset, B, dev, workers, images=True)
+    labels = _labels(dataset, label_folder, progress, settings.num_workers, meta["dataset_fingerprint"])
+    B, workers, part = settings.batch_size, settings.num_workers, shard.shard(len(dataset))
+    merge = shard.merge_topk if shard.world()[1] > 1 else None
+    loader = make_loader(dataset, B, dev, workers, images=True, indices=part)
     thresholds = compute_thresholds(model, loader, layers, settings.quantile, len(dataset), dev, progress,
-                                    total=len(loader), keep=kept)
+                                    total=len(loader), keep=kept, merge=merge)
     features = kept.batches if kept.complete else None
-    loader = make_loader(dataset, B, dev, workers, images=features is None, labels=labels)
+    loader = make_loader(dataset, B, dev, workers, images=features is None, labels=labels, indices=part)
     try:
         tallies, tops, truth = compute_tallies(
             model, loader, layers, thresholds, label_category, len(dataset.categories), dev, settings.examples,
