@@ -2,7 +2,7 @@
 
 Decoding a Broden probe set's segmentations (several PNGs per image) costs as much as the rest of a
 small network's dissection, and it is the same for every network of a study. :func:`label_cache`
-decodes them once into a folder and later calls read that folder back (memory-mapped). Each
+decodes them once into a folder and later calls read that folder back. Each
 segmentation layer is stored as *vertical runs*, what the tally reads (it counts labels under vertical
 segments of the masks, :mod:`kdlib.dissect.tally`):
 
@@ -97,29 +97,35 @@ def decode_image(pixel: Sequence[np.ndarray], scalar: Sequence[int], size: tuple
 
 
 class DecodedLabels:
-    """A label cache folder, memory-mapped: ``image(i)`` gives image i's :class:`DecodedImage`."""
+    """A label cache folder: ``image(i)`` gives image i's :class:`DecodedImage`, read from the files with
+    ``pread`` (nothing is memory-mapped, so the process holds only the images it asked for)."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         index = np.load(self.folder / "index.npz")
         self._index = {name: index[name] for name in index.files}
         self.key = json.loads((self.folder / "key.json").read_text(encoding="utf-8"))
-        self._maps: tuple[np.ndarray, np.ndarray] | None = None
+        self._files: dict[str, int] = {}
 
     def __len__(self) -> int:
         return int(self._index["sh"].size)
 
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._maps is None:  # opened on first use (also in each DataLoader worker)
-            self._maps = (_memmap(self.folder / "runs.i32", np.dtype("<i4")), _memmap(self.folder / "run_index.i32", np.dtype("<i4")))
-        return self._maps
+    def __getstate__(self) -> dict[str, Any]:  # a DataLoader worker opens the files itself
+        return {**self.__dict__, "_files": {}}
 
-    def __getstate__(self) -> dict[str, Any]:  # a DataLoader worker reopens the maps itself
-        return {**self.__dict__, "_maps": None}
+    def __del__(self):
+        for fd in getattr(self, "_files", {}).values():
+            os.close(fd)
+
+    def _read(self, name: str, start: int, count: int) -> np.ndarray:
+        """``count`` int32 values from element ``start`` of ``name``."""
+        if name not in self._files:
+            self._files[name] = os.open(self.folder / name, os.O_RDONLY)
+        data = os.pread(self._files[name], 4 * count, 4 * start)
+        return np.frombuffer(data, dtype="<i4", count=count)
 
     def image(self, i: int) -> DecodedImage:
         ix = self._index
-        runs, run_index = self._arrays()
         sh, sw, depth = int(ix["sh"][i]), int(ix["sw"][i]), int(ix["depth"][i])
         r0, r1 = int(ix["run_offset"][i]), int(ix["run_offset"][i + 1])
         p0 = int(ix["pixel_offset"][i])
@@ -127,18 +133,12 @@ class DecodedLabels:
         h0, h1 = int(ix["hist_offset"][i]), int(ix["hist_offset"][i + 1])
         return DecodedImage(
             size=(sh, sw),
-            runs=np.asarray(runs[3 * r0 : 3 * r1]).reshape(r1 - r0, 3),
-            run_index=np.asarray(run_index[p0 : p0 + depth * sh * sw]).reshape(depth, sh * sw),
+            runs=self._read("runs.i32", 3 * r0, 3 * (r1 - r0)).reshape(r1 - r0, 3),
+            run_index=self._read("run_index.i32", p0, depth * sh * sw).reshape(depth, sh * sw),
             scalar=ix["scalar"][s0:s1],
             hist_labels=ix["hist_labels"][h0:h1],
             hist_counts=ix["hist_counts"][h0:h1],
         )
-
-
-def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
-    if path.stat().st_size == 0:
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def cache_key(dataset, fingerprint: str | None = None) -> dict[str, Any]:

@@ -342,6 +342,8 @@ def dissect(
     fitted their budget. See the module docstring for the exact definition.
     """
     settings = resolve_settings(settings, overrides)
+    if len(dataset) == 0:
+        raise KdlibError(f"the probe set {getattr(dataset, 'root', '')} has no images; valid: at least one image")
     if len(dataset) < shard.world()[1]:
         raise KdlibError(
             f"the probe set {getattr(dataset, 'root', '')} has {len(dataset)} images for {shard.world()[1]} ranks; "
