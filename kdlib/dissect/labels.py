@@ -4,8 +4,7 @@ The tally counts labels under vertical segments of the masks, so a batch keeps e
 as vertical runs (:func:`kdlib.data.broden_labels.vertical_runs`): for every pixel of every layer the
 number of the run it lies in (``run_index``), and per run its first row, last row and label. The runs of
 one column of one layer are consecutive, so the runs a segment crosses are the numbers between the runs
-of its first and last pixel. Layers an image lacks point to one extra run of label 0 covering
-everything. Image-level labels, the label areas of the batch (``truth``) and the image indices come
+of its first and last pixel. Layers an image lacks (``d >= depths[b]``) are never read. Image-level labels, the label areas of the batch (``truth``) and the image indices come
 with it.
 """
 
@@ -24,7 +23,7 @@ from kdlib.errors import KdlibError
 @dataclass
 class BatchLabels:
     """``run_index`` int32 [B * D * S] (image b, layer d, pixel s at ``(b * D + d) * S + s``); ``run_first``,
-    ``run_last``, ``run_label`` int64 [runs + 1] (the last one: label 0 everywhere, for absent layers);
+    ``run_last``, ``run_label`` int64 [runs];
     ``depth`` D, ``depths`` [B] each image's own layer count; ``scalar`` int64 [B, M] (0-padded image-level labels); ``areas`` int64 [L] (pixels per
     label; label 0 not counted); ``size`` (sh, sw); ``index`` [B]."""
 
@@ -61,8 +60,7 @@ def collate_decoded(images: Sequence[DecodedImage], index: Sequence[int], num_la
     (sh, sw), B = sizes[0], len(images)
     S, D = sh * sw, max(im.depth for im in images)
     first = np.cumsum([0] + [len(im.runs) for im in images])
-    absent = int(first[-1])  # the extra run of label 0
-    run_index = np.full((B, D, S), absent, dtype=np.int32)
+    run_index = np.zeros((B, D, S), dtype=np.int32)
     areas = np.zeros(num_labels, dtype=np.int64)
     M = max(im.scalar.size for im in images)
     scalar = np.zeros((B, M), dtype=np.int64)
@@ -72,7 +70,7 @@ def collate_decoded(images: Sequence[DecodedImage], index: Sequence[int], num_la
         if im.hist_labels.size and int(im.hist_labels.max()) >= num_labels:
             raise KdlibError(f"label {int(im.hist_labels.max())} in a batch; valid: label numbers below {num_labels}")
         areas[im.hist_labels] += im.hist_counts  # each label once per image
-    runs = np.concatenate([im.runs for im in images] + [np.array([[0, sh - 1, 0]], np.int32)]).astype(np.int64)
+    runs = np.concatenate([im.runs for im in images]).astype(np.int64)
     return BatchLabels(
         run_index=torch.from_numpy(run_index.reshape(-1)),
         run_first=torch.from_numpy(np.ascontiguousarray(runs[:, 0])),

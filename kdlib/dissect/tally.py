@@ -131,7 +131,7 @@ class IoUTally:
             met = torch.zeros((k, C + 1), dtype=torch.long, device=maps.device)
             met.scatter_add_(1, self.category_column[nums], (weight > 0).long())
             overlap |= met[:, :C] > 0
-        self.intersection[:, 0] = 0  # label 0: unlabelled pixels, absent layers, padding of image-level labels
+        self.intersection[:, 0] = 0  # label 0: unlabelled pixels, and the padding of image-level labels
         self.activation_cat.index_add_(0, u, overlap.long() * area.unsqueeze(1))
         self.unit_area.index_add_(0, u, area)
 
