@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import os
 import resource
 import subprocess

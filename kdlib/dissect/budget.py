@@ -64,6 +64,14 @@ def input_shape(dataset, i: int) -> tuple[int, int]:
     return tuple(dataset[i]["image"].shape[-2:])
 
 
+def largest_image(dataset) -> int:
+    """The index of the probe image with the most pixels as the model sees it (the first of ties)."""
+    rows = getattr(dataset, "rows", None)
+    if rows is None or getattr(dataset, "image_size", None) is not None:
+        return 0
+    return max(range(len(rows)), key=lambda i: (rows[i].ih * rows[i].iw, -i))
+
+
 def smallest_image(dataset) -> int:
     """The index of the probe image with the fewest pixels as the model sees it (the first of ties)."""
     rows = getattr(dataset, "rows", None)

@@ -69,10 +69,10 @@ from kdlib.device import resolve_device
 from kdlib.dissect import budget, shard
 from kdlib.dissect import cache as cache_mod
 from kdlib.dissect.batches import FeatureCache, make_loader
-from kdlib.dissect.labels import BatchLabels, from_pixel
+from kdlib.dissect.labels import from_pixel
 from kdlib.dissect.quantile import TopK
 from kdlib.dissect.result import DissectResult, LayerResult
-from kdlib.dissect.tally import UPSAMPLE, IoUTally, TopExamples
+from kdlib.dissect.tally import UPSAMPLE, IoUTally, TopExamples, default_chunk
 from kdlib.errors import KdlibError
 from kdlib.models.nethook import capture_layers
 from kdlib.params import DissectParams, replace_from_dict
@@ -435,15 +435,13 @@ def _check_memory(model, dataset, layers, settings: DissectParams, dev) -> dict[
     """The estimates of :mod:`kdlib.dissect.budget`: the input side first, then (after one forward pass
     of the smallest image) the whole run. Returns each layer's [units, h, w]."""
     rows = getattr(dataset, "rows", None)
-    largest = max(range(len(dataset)), key=lambda i: budget.input_shape(dataset, i)[0] * budget.input_shape(dataset, i)[1]) if rows else 0
-    image_hw = budget.input_shape(dataset, largest)
+    image_hw = budget.input_shape(dataset, budget.largest_image(dataset))
     seg_hw = max(((r.sh, r.sw) for r in rows), key=lambda s: s[0] * s[1]) if rows else image_hw
     depth = max(sum(len(f) for f in r.pixel.values()) for r in rows) if rows else 1
     args = (settings, len(dataset), image_hw, seg_hw, depth)
-    chunk = 1 << 24 if dev.type == "cuda" else 1 << 21
     budget.check_fits(budget.estimate(*args, {}, int(dataset.num_labels), 0), dev, "reading the probe set")
     shapes = budget.probe_shapes(model, dataset, layers, dev)
-    budget.check_fits(budget.estimate(*args, shapes, int(dataset.num_labels), chunk), dev, "dissection")
+    budget.check_fits(budget.estimate(*args, shapes, int(dataset.num_labels), default_chunk(dev)), dev, "dissection")
     return shapes
 
 

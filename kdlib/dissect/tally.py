@@ -48,6 +48,11 @@ def label_areas(pixel: torch.Tensor, scalar: torch.Tensor, num_labels: int) -> t
     return counts
 
 
+def default_chunk(device: torch.device) -> int:
+    """Intermediate values per chunk of (image, unit) pairs: 2**21 on the CPU, 2**24 on CUDA."""
+    return 1 << 24 if device.type == "cuda" else 1 << 21
+
+
 class IoUTally:
     """Streaming IoU counts for one layer: ``add(feats, labels)`` per batch, then :meth:`activation`.
 
@@ -79,9 +84,7 @@ class IoUTally:
         if num_categories > 62:
             raise KdlibError(f"{num_categories} categories; valid: at most 62")
         self.label_bits = torch.where(self.category_column < num_categories, 1 << self.category_column.clamp(max=62), 0)
-        if chunk_elements is None:
-            chunk_elements = 1 << 24 if device.type == "cuda" else 1 << 21
-        self.chunk_elements = int(chunk_elements)
+        self.chunk_elements = int(default_chunk(device) if chunk_elements is None else chunk_elements)
         self.intersection = torch.zeros((self.units, self.num_labels), dtype=torch.long, device=device)
         self.activation_cat = torch.zeros((self.units, num_categories), dtype=torch.long, device=device)
         self.unit_area = torch.zeros(self.units, dtype=torch.long, device=device)
