@@ -48,8 +48,8 @@ in eval mode and moved to ``device`` for the run, then restored.
 value afterwards; None leaves torch's setting. The default is 1: a batch is a few hundred tensor ops,
 each an OpenMP parallel region at 2 threads, and when the second thread is descheduled (another busy
 process on the machine) every region waits for it. Measured on the shared 2-core machine: 2 threads
-were 5x slower than 1 for the study's dissection and 22x slower for the Broden regime; alone on a quiet
-machine 2 threads gain at most the forward pass's share. Raise it on a dedicated many-core machine.
+were 5x slower than 1 for the study's dissection and 5-22x slower in the Broden regime; alone on a
+quiet machine 2 threads gain at most the forward pass's share. Raise it on a dedicated many-core machine.
 """
 
 from __future__ import annotations
