@@ -47,6 +47,7 @@ import copy
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -193,7 +194,8 @@ def broden_section(args, hw: int, results: list) -> None:
     root = broden_probe(args.broden_images)
     n = min(args.compare_images, args.broden_images)
     data, model = broden_data(root, hw, n)
-    label_dir = TMP / f"kdlib-bench-label-cache-{os.getpid()}"
+    label_dir = TMP / "kdlib-bench-label-cache"  # keyed by the probe set inside: reused across runs
+    shutil.rmtree(label_dir, ignore_errors=True)
     t_cache, _ = timed(lambda: engine(model, data, 1, label_dir))  # builds the label cache (and warms up)
     print(f"\n[Broden regime: 512 units at {hw}x{hw}, 112 px masks, {n} of {args.broden_images} generated images; {load()}]")
     print(f"  first dissection, label cache built in it (once per probe set): {t_cache:.1f} s")
@@ -287,7 +289,12 @@ def study_child(args) -> None:
 
 def study_section(args, results: list) -> None:
     probe = study_probe(args.data)
-    label_dir = TMP / f"kdlib-bench-study-labels-{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix="kdlib-bench-study-labels-") as tmp:
+        _study_runs(args, probe, Path(tmp), results)
+    reference_section(probe, results)
+
+
+def _study_runs(args, probe: Path, label_dir: Path, results: list) -> None:
     print(f"\n[study regime: the default world's probe set {probe} (2,400 images, 32 px), random resnet18_w8, layers 3 and 4, "
           f"default settings, from disk, 1 thread; {load()}]")
     runs: dict[str, list[float]] = {}
@@ -313,7 +320,6 @@ def study_section(args, results: list) -> None:
     else:
         print("  before: not measured (pass --before DIR, a checkout of the commit to compare with)")
     results.append({"regime": "study", **{k: min(v) for k, v in runs.items()}})
-    reference_section(probe, results)
 
 
 def reference_section(probe: Path, results: list) -> None:
@@ -327,7 +333,7 @@ def reference_section(probe: Path, results: list) -> None:
     torch.manual_seed(0)
     model = build("resnet18_w8", 24).eval()
     data = first_images(BrodenDataset(probe), 300)
-    label_dir = TMP / f"kdlib-bench-study-labels-{os.getpid()}" / "reference"
+    label_dir = TMP / "kdlib-bench-label-cache"
     dissect(model, data, layers=["layer4"], progress=False, label_cache_dir=label_dir)
     t_engine, res = timed(lambda: dissect(model, data, layers=["layer4"], progress=False, label_cache_dir=label_dir)["layer4"])
     labels = ref.all_labels(data.root, data.categories, len(data))
@@ -375,7 +381,7 @@ def cuda_section(args, results: list) -> None:
         return
     root = broden_probe(args.broden_images)
     data, model = broden_data(root, 7, min(args.broden_images, 4 * args.compare_images))
-    label_dir = TMP / f"kdlib-bench-label-cache-{os.getpid()}"
+    label_dir = TMP / "kdlib-bench-label-cache"
     engine(model, data, 1, label_dir, device="cuda")
     seconds, _ = timed(lambda: engine(model, data, 1, label_dir, device="cuda"))
     print(f"\n[CUDA] Broden regime, 512 units at 7x7: {len(data) / seconds:.0f} images/s on {torch.cuda.get_device_name()}")
