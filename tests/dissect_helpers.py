@@ -105,3 +105,128 @@ def load_small_checkpoint(path) -> tuple[nn.Module, dict]:
     net = SmallNet(seed=state["model"]["seed"])
     net.load_state_dict(state["weights"])
     return net, state
+
+
+# --------------------------------------------------------------------------------------------
+# A Broden-like probe set and a synthetic activation source (for the Broden-regime benchmark)
+# --------------------------------------------------------------------------------------------
+
+# Broden 1.0's categories and label counts (color, object, part, material: pixel level; scene and
+# texture: image level), and the share of images carrying each (ADE20k/Pascal images have objects,
+# parts on some, OpenSurfaces materials, DTD textures; every image has colour).
+BRODEN_CATEGORIES = {"color": 11, "object": 584, "part": 234, "material": 32, "scene": 468, "texture": 47}
+BRODEN_SHARE = {"object": 0.7, "part": 0.3, "material": 0.15, "scene": 0.5, "texture": 0.08}
+SHARED_PARTS = 10  # part labels that are also object labels (a label in two categories, as in Broden)
+
+
+def _zipf(rng, n: int, size, s: float = 1.1) -> np.ndarray:
+    """Label indices 0..n-1 with Zipf-like frequencies (a few common concepts, a long tail)."""
+    weights = 1.0 / np.arange(1, n + 1) ** s
+    return rng.choice(n, size=size, p=weights / weights.sum())
+
+
+def _ellipses(rng, size: int, count: int, labels: np.ndarray, radius: tuple[float, float], out: np.ndarray) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    for label in labels[:count]:
+        cy, cx = rng.uniform(0, size, 2)
+        ry, rx = rng.uniform(*radius, 2) * size
+        out[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = label
+    return out
+
+
+def broden_like_layers(rng, size: int, first: dict[str, int]) -> tuple[dict[str, list[np.ndarray]], dict[str, list[int]]]:
+    """One image's labels with Broden-like statistics: a colour layer always (blocky regions of 11 colour
+    names), objects on 70% of images (a large background object and 1-5 ellipses, Zipf-distributed
+    labels), parts on 30% (small ellipses; a second part layer on a third of those), materials on 15%,
+    an image-level scene on 50%, an image-level texture on 8%."""
+    cells = size // 8
+    color = np.kron(rng.integers(0, 11, (cells, cells)), np.ones((8, 8), np.int64)) + first["color"]
+    pixel: dict[str, list[np.ndarray]] = {"color": [color]}
+    scalar: dict[str, list[int]] = {}
+    if rng.random() < BRODEN_SHARE["object"]:
+        obj = np.zeros((size, size), np.int64)
+        obj[int(size * rng.uniform(0.4, 0.7)) :] = first["object"] + _zipf(rng, 5, 1)[0]  # floor, ground, ...
+        labels = first["object"] + _zipf(rng, BRODEN_CATEGORIES["object"], 5)
+        pixel["object"] = [_ellipses(rng, size, int(rng.integers(1, 6)), labels, (0.08, 0.35), obj)]
+        if rng.random() < BRODEN_SHARE["part"] / BRODEN_SHARE["object"]:
+            layers = []
+            for _ in range(1 + (rng.random() < 1 / 3)):
+                part = np.zeros((size, size), np.int64)
+                labels = np.where(rng.random(3) < 0.2, first["object"] + rng.integers(0, SHARED_PARTS, 3),
+                                  first["part"] + _zipf(rng, BRODEN_CATEGORIES["part"], 3))
+                layers.append(_ellipses(rng, size, int(rng.integers(1, 4)), labels, (0.04, 0.12), part))
+            pixel["part"] = layers
+    if rng.random() < BRODEN_SHARE["material"]:
+        mat = np.zeros((size, size), np.int64)
+        for label in first["material"] + _zipf(rng, BRODEN_CATEGORIES["material"], int(rng.integers(1, 4))):
+            y, x = rng.integers(0, size // 2, 2)
+            mat[y : y + int(rng.integers(size // 4, size)), x : x + int(rng.integers(size // 4, size))] = label
+        pixel["material"] = [mat]
+    if rng.random() < BRODEN_SHARE["scene"]:
+        scalar["scene"] = [int(first["scene"] + _zipf(rng, BRODEN_CATEGORIES["scene"], 1)[0])]
+    if rng.random() < BRODEN_SHARE["texture"]:
+        scalar["texture"] = [int(first["texture"] + _zipf(rng, BRODEN_CATEGORIES["texture"], 1)[0])]
+    return pixel, scalar
+
+
+def broden_like(root: Path, n: int = 2000, size: int = 112, seed: int = 0) -> Path:
+    """Write a Broden-format probe set of ``n`` images with ``size`` px segmentations and Broden-like
+    label statistics (:func:`broden_like_layers`; 1,376 labels in Broden's six categories). The images
+    are 8x8 placeholders: the benchmark's activations come from :class:`SyntheticInputs`."""
+    rng = np.random.default_rng(seed)
+    names, first = [], {}
+    for cat, count in BRODEN_CATEGORIES.items():
+        first[cat] = len(names) + 1
+        names += [f"{cat}-{k}" for k in range(count)]
+    w = BrodenWriter(root, list(BRODEN_CATEGORIES), names)
+    placeholder = np.zeros((8, 8, 3), np.uint8)
+    for i in range(n):
+        pixel, scalar = broden_like_layers(rng, size, first)
+        w.add(f"probe/{i:06d}", placeholder, pixel=pixel, scalar=scalar, split="probe")
+    w.finish()
+    return Path(root)
+
+
+class SyntheticInputs(BrodenDataset):
+    """A Broden-format probe set whose model input for image i is a fixed smooth random map
+    [3, hw, hw] seeded by i (so every method and every batch sees the same activations); labels as
+    stored."""
+
+    def __init__(self, root, hw: int, **kwargs):
+        super().__init__(root, **kwargs)
+        self.hw = hw
+
+    def image_tensor(self, i: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(i))
+        noise = torch.randn((1, 3, self.hw + 2, self.hw + 2), generator=g)
+        return torch.nn.functional.avg_pool2d(noise, 3, stride=1)[0] * 3
+
+    def __getitem__(self, i: int):
+        return {**super().__getitem__(i), "image": self.image_tensor(i)}
+
+
+class SyntheticUnits(nn.Module):
+    """``layer4``: ``units`` activation maps at the input's resolution, ``relu(W x + b) * pattern``: a
+    random 1x1 convolution of the 3 input maps, times a fixed positive spatial pattern per unit (so
+    units differ in where they fire). Cheap: the benchmark times dissection, not a network."""
+
+    def __init__(self, units: int = 512, hw: int = 7, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        conv = nn.Conv2d(3, units, 1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+            conv.bias.copy_(torch.randn(units, generator=g) * 0.5)
+        self.layer4 = nn.Sequential(conv, nn.ReLU(), _Scale(torch.rand((units, hw, hw), generator=g) + 0.5))
+
+    def forward(self, x):
+        return self.layer4(x).mean(dim=(2, 3))
+
+
+class _Scale(nn.Module):
+    def __init__(self, pattern: torch.Tensor):
+        super().__init__()
+        self.register_buffer("pattern", pattern)
+
+    def forward(self, x):
+        return x * self.pattern

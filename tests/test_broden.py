@@ -236,3 +236,133 @@ def test_image_tensor_is_the_items_image(tmp_path):
     _hand_made(tmp_path)
     ds = BrodenDataset(tmp_path, image_size=16)
     assert torch.equal(ds.image_tensor(2), ds[2]["image"])
+
+
+# -- label numbers, text files and image-level cells (each refusal one line naming file, row, value) ---
+
+
+def _rewrite(path, edit):
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n", encoding="utf-8")
+
+
+def _cell(lines, row, column, value):
+    head = lines[0].split(",")
+    cells = lines[row].split(",")
+    cells[head.index(column)] = value
+    lines[row] = ",".join(cells)
+    return lines
+
+
+@pytest.mark.parametrize(
+    "value,match",
+    [("-1", r"label.csv row 2: number = '-1' is not valid; valid: a positive integer"),
+     ("0", r"label.csv row 2: number = '0' is not valid"),
+     ("abc", r"label.csv row 2: number = 'abc' is not valid"),
+     ("3", r"label.csv row 4: number = '3' is listed twice \(also row 2\); valid: unique label numbers")],
+)
+def test_label_numbers_must_be_unique_positive_integers(tmp_path, value, match):
+    """A label number of -1 used to rename another label silently (names[-1] is the last one)."""
+    _hand_made(tmp_path)
+    _rewrite(tmp_path / "label.csv", lambda lines: _cell(lines, 1, "number", value))
+    with pytest.raises(KdlibError, match=match) as e:
+        BrodenDataset(tmp_path)
+    _one_line(e)
+
+
+def test_category_codes_must_name_labels_of_label_csv(tmp_path):
+    _hand_made(tmp_path)
+    _rewrite(tmp_path / "c_part.csv", lambda lines: _cell(lines, 1, "number", "99"))
+    with pytest.raises(KdlibError, match=r"c_part.csv row 2: number = 99 is not in label.csv") as e:
+        BrodenDataset(tmp_path)
+    _one_line(e)
+
+
+@pytest.mark.parametrize("name", ["label.csv", "index.csv", "c_object.csv"])
+def test_undecodable_text_files_are_named(tmp_path, name):
+    _hand_made(tmp_path)
+    (tmp_path / name).write_bytes((tmp_path / name).read_bytes() + b"\xff\xfe broken\n")
+    with pytest.raises(KdlibError, match=rf"{name} is not UTF-8 text \(byte 0xff at offset \d+\); valid: a UTF-8 CSV file") as e:
+        BrodenDataset(tmp_path)
+    _one_line(e)
+
+
+def test_a_category_name_that_is_not_a_plain_name_is_named(tmp_path):
+    """Category names become file names (c_<name>.csv) and index.csv columns."""
+    _hand_made(tmp_path)
+    (tmp_path / "category.csv").write_bytes(b"name,first\ncolor\x00,1\n")
+    with pytest.raises(KdlibError, match=r"category.csv row 2: name = 'color\\x00' is not a plain name") as e:
+        BrodenDataset(tmp_path)
+    _one_line(e)
+
+
+@pytest.mark.parametrize(
+    "column,value,match",
+    [("scene", "abc", r"index.csv row 3: scene = 'abc' is not a label number; valid: positive label numbers"),
+     ("scene", "-1", r"index.csv row 3: scene = '-1' is not a label number"),
+     ("scene", "0", r"index.csv row 3: scene = '0' is not a label number"),
+     ("scene", "7;3.5", r"index.csv row 3: scene = '3.5' is not a label number"),
+     ("object", "12", r"index.csv row 3: object = '12' is a label number in a column of segmentation files"),
+     ("sh", "0", r"index.csv row 3: sh = '0' is not valid; valid: a positive integer"),
+     ("iw", "x", r"index.csv row 3: iw = 'x' is not valid; valid: an integer")],
+)
+def test_index_cells_that_are_not_what_their_column_holds(tmp_path, column, value, match):
+    _hand_made(tmp_path)
+    _rewrite(tmp_path / "index.csv", lambda lines: _cell(lines, 2, column, value))
+    with pytest.raises(KdlibError, match=match) as e:
+        BrodenDataset(tmp_path)
+    _one_line(e)
+
+
+def test_writer_refuses_labels_above_65535_and_layers_of_other_shapes(tmp_path):
+    with pytest.raises(KdlibError, match=r"segmentation label 65536 is out of range; valid: 0..65535"):
+        encode_segmentation(np.array([[0, 65536]]))
+    w = BrodenWriter(tmp_path, ["object", "part"], ["a", "b"])
+    image = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(KdlibError, match=r"image 'p/0': part layer 0 is \(3, 3\); valid: \(4, 4\) like its other layers"):
+        w.add("p/0", image, pixel={"object": [np.ones((4, 4), np.int64)], "part": [np.ones((3, 3), np.int64)]})
+    with pytest.raises(KdlibError, match=r"image 'p/1.png': object label 3 is not defined; valid: 1..2"):
+        w.add("p/1", image, pixel={"object": [np.full((4, 4), 3, np.int64)]})
+
+
+# -- the primary-category rule, pinned ----------------------------------------------------------
+
+
+def _two_categories(root, coverage: dict[str, dict[str, float]]):
+    """A one-image Broden whose c_object.csv / c_material.csv list the given (label: coverage)."""
+    import csv
+
+    names = ["wood", "glass", "cup"]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "images").mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(root / "images" / "0.png")
+    with open(root / "index.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "split", "ih", "iw", "sh", "sw", "object", "material"], ["0.png", "probe", 2, 2, 2, 2, "", ""]])
+    with open(root / "category.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["name", "first", "last", "count", "frequency"], ["object", 1, 3, 3, 1], ["material", 1, 2, 2, 1]])
+    with open(root / "label.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["number", "name", "category", "frequency", "coverage", "syns"]] + [[i + 1, n, "", 1, 0, ""] for i, n in enumerate(names)])
+    for cat, cover in coverage.items():
+        with open(root / f"c_{cat}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["code", "number", "name", "frequency", "coverage"]]
+                                    + [[c + 1, names.index(n) + 1, n, 1, v] for c, (n, v) in enumerate(cover.items())])
+    return BrodenDataset(root)
+
+
+def test_primary_category_is_where_a_label_covers_most_ties_to_the_later_category(tmp_path):
+    """wood: object 0.2, material 0.5 -> material; glass: 0.3 in both -> material (the later category in
+    category.csv order); cup: object only, with coverage 0 -> object (present counts)."""
+    import reference_dissect as ref
+
+    ds = _two_categories(tmp_path / "a", {"object": {"wood": 0.2, "glass": 0.3, "cup": 0.0}, "material": {"wood": 0.5, "glass": 0.3}})
+    assert ds.categories == ["object", "material"]
+    assert [ds.category_of(n) for n in (1, 2, 3)] == ["material", "material", "object"]
+    assert ref.primary_categories(ds.root, ds.categories, ds.num_labels).tolist() == [-1, 1, 1, 0]  # the reference's own rule
+    # the order of category.csv decides ties: object listed after material -> object wins glass
+    flipped = _two_categories(tmp_path / "b", {"object": {"wood": 0.2, "glass": 0.3, "cup": 0.0}, "material": {"wood": 0.5, "glass": 0.3}})
+    lines = (flipped.root / "category.csv").read_text().splitlines()
+    (flipped.root / "category.csv").write_text("\n".join([lines[0], lines[2], lines[1]]) + "\n")
+    flipped = BrodenDataset(flipped.root)
+    assert flipped.categories == ["material", "object"]
+    assert [flipped.category_of(n) for n in (1, 2, 3)] == ["material", "object", "object"]
+    assert ref.primary_categories(flipped.root, flipped.categories, flipped.num_labels).tolist() == [-1, 0, 1, 1]

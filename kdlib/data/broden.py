@@ -43,6 +43,7 @@ from kdlib.data.broden_format import (  # noqa: F401  (writer re-exported: one i
     write_item,
 )
 from kdlib.errors import KdlibError
+from kdlib.params import check_plain_name
 
 # --------------------------------------------------------------------------------------------
 # Reader
@@ -50,14 +51,21 @@ from kdlib.errors import KdlibError
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a CSV file (UTF-8), one line naming the file for a missing file or column, text that
+    is not UTF-8, or a malformed line."""
     if not path.is_file():
         raise KdlibError(f"missing {path}; valid: a Broden dataset folder holding {path.name}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise KdlibError(f"{path} lacks column {missing[0]!r}; valid: columns {', '.join(required)}")
-        return list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise KdlibError(f"{path} lacks column {missing[0]!r}; valid: columns {', '.join(required)}")
+            return list(reader)
+    except UnicodeDecodeError as exc:
+        raise KdlibError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); valid: a UTF-8 CSV file") from None
+    except csv.Error as exc:
+        raise KdlibError(f"{path} line {reader.line_num}: {exc}; valid: a CSV file") from None
 
 
 def _int(value: str, where: str) -> int:
@@ -65,6 +73,28 @@ def _int(value: str, where: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise KdlibError(f"{where} = {value!r} is not valid; valid: an integer") from None
+
+
+def _label_numbers(path: Path, rows: Sequence[Mapping[str, str]]) -> list[int]:
+    """``label.csv``'s numbers: unique positive integers (0 is "unlabelled" and is not listed)."""
+    numbers, seen = [], {}
+    for r, row in enumerate(rows, start=2):
+        value = row["number"]
+        number = int(value) if value is not None and value.strip().isdigit() else None
+        if number is None or number < 1:
+            raise KdlibError(f"{path} row {r}: number = {value!r} is not valid; valid: a positive integer (0 means unlabelled)")
+        if number in seen:
+            raise KdlibError(f"{path} row {r}: number = {value!r} is listed twice (also row {seen[number]}); valid: unique label numbers")
+        seen[number] = r
+        numbers.append(number)
+    return numbers
+
+
+def _positive(row: Mapping[str, str], column: str, where: str) -> int:
+    value = _int(row[column], f"{where}: {column}")
+    if value < 1:
+        raise KdlibError(f"{where}: {column} = {row[column]!r} is not valid; valid: a positive integer")
+    return value
 
 
 @dataclass(frozen=True)
@@ -112,7 +142,8 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.image_size = image_size
         self.normalize = normalize
         cat_rows = _read_csv(self.root / "category.csv", ["name"])
-        all_categories = [r["name"] for r in cat_rows]
+        # category names become file names (c_<name>.csv) and index.csv columns
+        all_categories = [check_plain_name(r["name"], f"{self.root / 'category.csv'} row {i}: name") for i, r in enumerate(cat_rows, start=2)]
         if categories is None:
             categories = all_categories
         unknown = [c for c in categories if c not in all_categories]
@@ -122,7 +153,7 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.category_table = pd.DataFrame(cat_rows).set_index("name").loc[self.categories]
 
         label_rows = _read_csv(self.root / "label.csv", ["number", "name"])
-        numbers = [_int(r["number"], f"{self.root / 'label.csv'}: number") for r in label_rows]
+        numbers = _label_numbers(self.root / "label.csv", label_rows)
         self.num_labels = max(numbers, default=0) + 1
         self.labels = pd.DataFrame(label_rows).assign(number=numbers).set_index("number")
         names = ["-"] * self.num_labels
@@ -133,28 +164,49 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.known_label[numbers] = True
         self.known_label[0] = True  # unlabelled
 
-        self.category_codes: dict[str, pd.DataFrame] = {}
-        coverage = np.zeros((len(self.categories), self.num_labels))
-        for ci, cat in enumerate(self.categories):
-            rows = _read_csv(self.root / f"c_{cat}.csv", ["code", "number", "name"])
-            frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["code", "number", "name", "frequency", "coverage"])
-            for col in ("code", "number"):
-                frame[col] = [_int(v, f"{self.root / f'c_{cat}.csv'}: {col}") for v in frame[col]]
-            frame["coverage"] = pd.to_numeric(frame.get("coverage", 0.0), errors="coerce").fillna(0.0)
-            self.category_codes[cat] = frame
-            for n, cov in zip(frame["number"], frame["coverage"]):
-                if 0 < n < self.num_labels:
-                    coverage[ci, n] = max(cov, 1e-12)  # present, even with zero coverage
-        present = coverage > 0
-        # argmax over categories with ties going to the later one: flip, argmax, unflip.
-        primary = len(self.categories) - 1 - np.argmax(coverage[::-1], axis=0)
-        primary[~present.any(axis=0)] = -1
-        self.primary_category = torch.as_tensor(primary, dtype=torch.long)
+        self.category_codes: dict[str, pd.DataFrame] = {cat: self._read_codes(cat) for cat in self.categories}
+        self.primary_category = torch.as_tensor(self._primary(), dtype=torch.long)
 
         index_rows = _read_csv(self.root / INDEX_FILE, list(META_COLUMNS))
+        self.image_level = self._image_level(index_rows)
         self.rows: list[IndexRow] = [self._decode_row(i, r) for i, r in enumerate(index_rows)]
         if check_files:
             self._check_files()
+
+    # -- tables --------------------------------------------------------------------------------
+
+    def _read_codes(self, cat: str) -> pd.DataFrame:
+        """``c_<cat>.csv``: codes and numbers integers, every number a label of ``label.csv``."""
+        path = self.root / f"c_{cat}.csv"
+        rows = _read_csv(path, ["code", "number", "name"])
+        frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["code", "number", "name", "frequency", "coverage"])
+        for col in ("code", "number"):
+            frame[col] = [_int(v, f"{path} row {r}: {col}") for r, v in enumerate(frame[col], start=2)]
+        for r, n in enumerate(frame["number"], start=2):
+            if not (0 < n < self.num_labels and self.known_label[n]):
+                raise KdlibError(f"{path} row {r}: number = {n} is not in label.csv; valid: numbers listed in label.csv")
+        frame["coverage"] = pd.to_numeric(frame.get("coverage", 0.0), errors="coerce").fillna(0.0)
+        return frame
+
+    def _primary(self) -> np.ndarray:
+        """Each label's primary category: where its coverage is largest, ties to the later category."""
+        coverage = np.zeros((len(self.categories), self.num_labels))
+        for ci, cat in enumerate(self.categories):
+            frame = self.category_codes[cat]
+            coverage[ci, frame["number"].to_numpy(dtype=np.int64)] = np.maximum(frame["coverage"].to_numpy(), 1e-12)  # present
+        # argmax over categories with ties going to the later one: flip, argmax, unflip.
+        primary = len(self.categories) - 1 - np.argmax(coverage[::-1], axis=0)
+        primary[~(coverage > 0).any(axis=0)] = -1
+        return primary
+
+    def _image_level(self, index_rows: Sequence[Mapping[str, str]]) -> dict[str, bool]:
+        """Per category, whether its ``index.csv`` cells hold label numbers (image-level labels such as
+        scenes) rather than segmentation files: decided by the first non-empty cell of its column."""
+        kinds = {}
+        for cat in self.categories:
+            first = next((item for row in index_rows for item in (row.get(cat) or "").split(";") if item), None)
+            kinds[cat] = first is not None and first.lstrip("+-").isdigit()
+        return kinds
 
     # -- index decoding ------------------------------------------------------------------------
 
@@ -163,27 +215,30 @@ class BrodenDataset(torch.utils.data.Dataset):
         pixel: dict[str, tuple[str, ...]] = {}
         scalar: dict[str, tuple[int, ...]] = {}
         for cat in self.categories:
-            cell = row.get(cat) or ""
-            items = [s for s in cell.split(";") if s]
-            files = tuple(s for s in items if not s.isdigit())
-            nums = tuple(int(s) for s in items if s.isdigit())
-            for n in nums:
-                if n >= self.num_labels or not self.known_label[n]:
-                    raise KdlibError(f"{where}: {cat} label {n} is not in label.csv; valid: numbers listed in label.csv")
-            if files:
-                pixel[cat] = files
-            if nums:
-                scalar[cat] = nums
-        return IndexRow(
-            image=row["image"],
-            split=row["split"],
-            ih=_int(row["ih"], f"{where}: ih"),
-            iw=_int(row["iw"], f"{where}: iw"),
-            sh=_int(row["sh"], f"{where}: sh"),
-            sw=_int(row["sw"], f"{where}: sw"),
-            pixel=pixel,
-            scalar=scalar,
-        )
+            items = [s for s in (row.get(cat) or "").split(";") if s]
+            if not items:
+                continue
+            if self.image_level[cat]:
+                scalar[cat] = tuple(self._label_number(cat, item, where) for item in items)
+                continue
+            numbers = [item for item in items if item.lstrip("+-").isdigit()]
+            if numbers:
+                raise KdlibError(
+                    f"{where}: {cat} = {numbers[0]!r} is a label number in a column of segmentation files; "
+                    "valid: file names (image-level labels belong in a column of label numbers, such as scene)"
+                )
+            pixel[cat] = tuple(items)
+        sizes = {col: _positive(row, col, where) for col in ("ih", "iw", "sh", "sw")}
+        return IndexRow(image=row["image"], split=row["split"], pixel=pixel, scalar=scalar, **sizes)
+
+    def _label_number(self, cat: str, item: str, where: str) -> int:
+        """One image-level cell item: a label number listed in label.csv."""
+        if not item.isdigit() or int(item) == 0:
+            raise KdlibError(f"{where}: {cat} = {item!r} is not a label number; valid: positive label numbers listed in label.csv")
+        n = int(item)
+        if n >= self.num_labels or not self.known_label[n]:
+            raise KdlibError(f"{where}: {cat} label {n} is not in label.csv; valid: numbers listed in label.csv")
+        return n
 
     def _check_files(self) -> None:
         images = self.root / "images"

@@ -7,6 +7,10 @@
     python -m kdlib.dissect --model resnet18_w8 --num-classes 24 --random-init --seed 0 \\
         --layers layer4 --data data/world-default-s0 --out outputs/dissect-random
 
+The settings flags (``--layers``, ``--quantile``, ``--iou-threshold``, ``--batch-size``, ``--examples``,
+``--feature-cache-mb``, ``--image-size``, ``--workers``, ``--device``, ``--threads``) build one
+:class:`~kdlib.params.DissectParams`: their defaults are its defaults, each value is validated by it.
+
 ``--data`` is a Broden folder or a world folder holding ``broden/``. ``--checkpoint`` is read by a loader
 ``module:function`` taking the path and returning ``(model, checkpoint dict)`` (``--loader``; default
 ``kdlib.models.checkpoint:load_model``, the reader of kdlib's checkpoint format; another loader reads
@@ -19,9 +23,11 @@ foreign checkpoints). The output folder gets, per layer,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +35,7 @@ import torch
 
 from kdlib.atomic import atomic_path, write_text
 from kdlib.errors import KdlibError, cli_main
+from kdlib.params import DissectParams, replace_from_dict
 
 # The checkpoint format belongs to the training code: read it with the training code's own reader,
 # named here and imported only for --checkpoint (kdlib.dissect itself never imports kdlib.train).
@@ -44,6 +51,27 @@ def find_broden(path: str) -> Path:
     raise KdlibError(f"--data {path!r} holds no Broden probe set; valid: a folder with index.csv, or a world folder with broden/index.csv")
 
 
+# flag -> DissectParams field; each flag's default and help come from the dataclass
+SETTINGS_FLAGS = {
+    "--layers": "layers", "--quantile": "quantile", "--iou-threshold": "iou_threshold", "--batch-size": "batch_size",
+    "--examples": "examples", "--feature-cache-mb": "feature_cache_mb", "--image-size": "image_size",
+    "--workers": "num_workers", "--device": "device", "--threads": "threads",
+}  # fmt: skip
+
+
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    defaults = DissectParams()
+    fields = {f.name: f for f in dataclasses.fields(DissectParams)}
+    for flag, name in SETTINGS_FLAGS.items():
+        f = fields[name]
+        hint = typing.get_type_hints(DissectParams)[name]
+        kind = {int: int, float: float, str: str}.get(next((a for a in typing.get_args(hint) if a is not type(None)), hint), str)
+        doc = f.metadata.get("doc") or name.replace("_", " ")
+        default = getattr(defaults, name)
+        extra = {"nargs": "+"} if name == "layers" else {"type": kind}
+        p.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=f"{doc} (default: {default})", **extra)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kdlib.dissect", description="Network Dissection of a model's layers.")
     src = p.add_mutually_exclusive_group(required=True)
@@ -54,22 +82,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None, help="classes of --model")
     p.add_argument("--random-init", action="store_true", help="confirm that --model gets random weights (the null network)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    p.add_argument("--layers", nargs="+", default=["layer4"], help="module names to dissect (default: layer4)")
     p.add_argument("--data", required=True, help="Broden folder, or a world folder holding broden/")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--quantile", type=float, default=0.005, help="top share of activations per unit (default 0.005)")
-    p.add_argument("--iou-threshold", type=float, default=0.04, help="detector threshold (default 0.04; Han et al.: 0.05)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--cache", default=None, help="cache folder for per-layer results")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument("--examples", type=int, default=8, help="top images kept per unit for strips (default 8)")
-    p.add_argument("--feature-cache-mb", type=float, default=256,
-                   help="keep pass 1's activations up to this size so pass 2 needs no second forward pass (default 256; 0: off)")
+    p.add_argument("--cache", default=None, help="cache folder for per-layer results (decoded labels go to CACHE/labels)")
+    p.add_argument("--label-cache", default=None, help="folder for the probe set's decoded labels (default: CACHE/labels)")
     p.add_argument("--strips", choices=["all", "detectors", "none"], default="all", help="which units get a strip")
-    p.add_argument("--image-size", type=int, default=None, help="resize probe images to this size")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _settings_flags(p)
     return p
+
+
+def settings_from(args: argparse.Namespace) -> DissectParams:
+    """The :class:`DissectParams` of the flags given (the others keep the dataclass's defaults), each
+    validated by the dataclass; a bad value is one line naming its flag."""
+    settings = DissectParams()
+    for flag, name in SETTINGS_FLAGS.items():
+        if hasattr(args, name):
+            settings = replace_from_dict(settings, {name: getattr(args, name)}, f"{flag}:")
+    return settings
 
 
 CheckpointLoader = Callable[[str], "tuple[torch.nn.Module, dict[str, Any]]"]
@@ -119,26 +149,31 @@ def load_network(args, load_checkpoint: CheckpointLoader | None = None) -> tuple
 def main(argv: list[str] | None = None, load_checkpoint: CheckpointLoader | None = None) -> int:
     """The command line; ``load_checkpoint`` (for callers in Python) replaces ``--loader``."""
     args = _parser().parse_args(argv)
+    settings = settings_from(args)
     from kdlib.data.broden import BrodenDataset
+    from kdlib.dissect import shard
     from kdlib.dissect.engine import dissect
+
+    started = shard.init_from_env()  # under torchrun: each rank dissects a shard (kdlib.dissect.shard)
+    if started and settings.device == "auto" and torch.cuda.is_available():
+        settings = replace_from_dict(settings, {"device": f"cuda:{torch.cuda.current_device()}"}, "dissect")
+    try:
+        dataset = BrodenDataset(find_broden(args.data), image_size=settings.image_size)
+        model, source = load_network(args, load_checkpoint)
+        result = dissect(model, dataset, settings, cache_dir=args.cache, label_cache_dir=args.label_cache,
+                         progress=not args.no_progress and shard.world()[0] == 0)
+        if shard.world()[0] == 0:  # one writer
+            write_outputs(args, settings, dataset, result, source)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def write_outputs(args, settings: DissectParams, dataset, result, source: dict) -> None:
+    """The output folder: the result, the bar graph, unit strips, the summary printed, ``done`` last."""
     from kdlib.viz.dissect import detector_bar_chart, save_unit_strips
 
-    dataset = BrodenDataset(find_broden(args.data), image_size=args.image_size)
-    model, source = load_network(args, load_checkpoint)
-    result = dissect(
-        model,
-        dataset,
-        layers=args.layers,
-        quantile=args.quantile,
-        iou_threshold=args.iou_threshold,
-        batch_size=args.batch_size,
-        device=args.device,
-        cache_dir=args.cache,
-        progress=not args.no_progress,
-        examples=args.examples,
-        num_workers=args.workers,
-        feature_cache_mb=args.feature_cache_mb,
-    )
     result.meta.update(source=source)
     out = Path(args.out)
     done = out / "done"
@@ -148,14 +183,13 @@ def main(argv: list[str] | None = None, load_checkpoint: CheckpointLoader | None
     fig = detector_bar_chart(result)
     with atomic_path(out / "bargraph.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    if args.strips != "none" and args.examples > 0:
+    if args.strips != "none" and settings.examples > 0:
         for name, layer in result.items():
             units = None if args.strips == "all" else [int(u) - 1 for u in layer.detectors()["unit"]]
             save_unit_strips(layer, dataset, out / "image", units=units, progress=not args.no_progress)
     summary = result.summary()
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     write_text(done, json.dumps({"layers": list(result), "source": source}, default=str) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

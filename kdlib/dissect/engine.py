@@ -9,9 +9,10 @@ For each unit k of a layer:
 2. **Masks**: per image, the unit's map is upsampled to the segmentation resolution with bilinear
    interpolation (``F.interpolate``'s sampling, ``align_corners=False``, computed with fixed float32
    arithmetic so that the bits do not depend on the batch or the device:
-   :func:`kdlib.dissect.tally.upsample_bilinear`; NetDissect-Lite used scipy's ``imresize``, which is
+   :func:`kdlib.dissect.upsample.upsample_bilinear`; NetDissect-Lite used scipy's ``imresize``, which is
    gone) and thresholded strictly: ``mask = map > T_k``; a map whose maximum is ``<= T_k`` has an empty
-   mask (:func:`kdlib.dissect.tally.unit_mask`).
+   mask (:func:`kdlib.dissect.upsample.unit_mask`). The tally evaluates only the pixels that can pass,
+   with the same bits (:class:`kdlib.dissect.upsample.SparseMasks`).
 3. **Dataset-level IoU** for every (unit k, concept c), over the whole probe set (pass 2,
    :mod:`kdlib.dissect.tally`)::
 
@@ -29,149 +30,53 @@ For each unit k of a layer:
 4. Each unit's best concept per category and overall; a unit is a **detector** when its best IoU is
    above ``iou_threshold`` (0.04 in Network Dissection; Han et al. use 0.05).
 
+**Settings** are one :class:`~kdlib.params.DissectParams` (its defaults are the only ones), with keyword
+overrides for interactive use validated by the same dataclass: ``dissect(model, dataset)``,
+``dissect(model, dataset, study.dissect)``, ``dissect(model, dataset, layers=["layer4"], quantile=0.01)``.
+
 Both passes run every unit and every concept at once with tensor ops and several layers share each
 forward pass. Pass 1 keeps the captured activations (on the device) while they fit in
 ``feature_cache_mb``; when every layer's activations fit, pass 2 reuses them and reads only the labels
 (no second forward pass, no image decoding). When they do not fit, the kept ones are dropped as soon as
-the budget is crossed and pass 2 runs the model again. So memory does not grow with the number of probe
-images beyond that budget (apart from the exact top-k buffer, ``q`` of each unit's positions). The model
-is put in eval mode and moved to ``device`` for the run, then restored.
+the budget is crossed and pass 2 runs the model again. Labels are decoded once per probe set into the
+label cache (:mod:`kdlib.data.broden_labels`), which pass 2 reads. Memory does not grow with the number
+of probe images beyond those budgets (apart from the exact top-k buffer, ``q`` of each unit's positions),
+and what a run will allocate is estimated before it does (:mod:`kdlib.dissect.budget`). The model is put
+in eval mode and moved to ``device`` for the run, then restored.
+
+**Threads** (``threads``; CPU only): the run sets ``torch.set_num_threads(threads)`` and restores the old
+value afterwards; None leaves torch's setting. The default is 1: a batch is a few hundred tensor ops,
+each an OpenMP parallel region at 2 threads, and when the second thread is descheduled (another busy
+process on the machine) every region waits for it. Measured on the shared 2-core machine: 2 threads
+were 5x slower than 1 for the study's dissection and 5-22x slower in the Broden regime; alone on a
+quiet machine 2 threads gain at most the forward pass's share. Raise it on a dedicated many-core machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import tempfile
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from kdlib.data.broden import collate_broden
-from kdlib.dissect import cache as cache_mod
-from kdlib.models.nethook import capture_layers
-from kdlib.dissect.quantile import TopK, check_quantile
-from kdlib.dissect.result import DissectResult, LayerResult
-from kdlib.dissect.tally import UPSAMPLE, IoUTally, TopExamples, label_areas
+from kdlib.data.broden_labels import label_cache
 from kdlib.device import resolve_device
+from kdlib.dissect import budget, shard
+from kdlib.dissect import cache as cache_mod
+from kdlib.dissect.batches import FeatureCache, make_loader
+from kdlib.dissect.labels import from_pixel
+from kdlib.dissect.quantile import TopK
+from kdlib.dissect.result import DissectResult, LayerResult
+from kdlib.dissect.tally import UPSAMPLE, IoUTally, TopExamples, default_chunk
 from kdlib.errors import KdlibError
+from kdlib.models.nethook import capture_layers
+from kdlib.params import DissectParams, replace_from_dict
 
-
-class _Part(Dataset):
-    """One part of each probe item: ``"images"`` (pass 1) or ``"labels"`` (pass 2 on kept activations).
-
-    Images come from ``dataset.image_tensor(i)`` (a :class:`BrodenDataset`: the model's input, resized
-    and normalised exactly as ``dataset[i]["image"]``, no segmentation decoded), else from
-    ``dataset[i]["image"]``. Labels of a Broden-like dataset (``rows`` and ``load_segmentation``) are read
-    as ``BrodenDataset.__getitem__`` reads them, with an empty ``[0, sh, sw]`` placeholder for the image
-    (nothing decoded); any other dataset's items are used whole."""
-
-    def __init__(self, dataset, part: str):
-        if part not in ("images", "labels"):
-            raise ValueError(part)
-        self.dataset = dataset
-        self.part = part
-        self.image_tensor = getattr(dataset, "image_tensor", None)
-        rows = getattr(dataset, "rows", None)
-        self.label_rows = rows if rows is not None and hasattr(dataset, "load_segmentation") else None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if self.part == "images":
-            image = self.image_tensor(i) if self.image_tensor is not None else self.dataset[i]["image"]
-            return {"image": image, "index": i}
-        if self.label_rows is None:
-            return self.dataset[i]
-        row = self.label_rows[i]
-        return {
-            "image": torch.empty((0, row.sh, row.sw)),
-            "pixel": {cat: self.dataset.load_segmentation(i, cat) for cat in row.pixel},
-            "scalar": {cat: torch.tensor(nums, dtype=torch.long) for cat, nums in row.scalar.items()},
-            "index": i,
-        }
-
-
-def _collate_images(items):
-    return {"image": torch.stack([it["image"] for it in items]), "index": torch.tensor([it["index"] for it in items])}
-
-
-class _CollateLabels:
-    """``collate_broden``, with a batch that has no pixel labels at all shaped [B, 0, sh, sw] from the
-    index (so image-level labels cover ``sh * sw`` pixels, as in NetDissect-Lite)."""
-
-    def __init__(self, dataset):
-        self.rows = getattr(dataset, "rows", None)
-
-    def __call__(self, items):
-        batch = collate_broden(items)
-        if batch["pixel"].shape[1] == 0 and self.rows is not None:
-            sizes = {(self.rows[int(i)].sh, self.rows[int(i)].sw) for i in batch["index"]}
-            if len(sizes) > 1:
-                raise KdlibError(f"segmentation sizes {sorted(sizes)} in one batch; valid: one size per batch")
-            batch["pixel"] = torch.zeros((len(items), 0, *sizes.pop()), dtype=torch.long)
-        return batch
-
-
-def make_loader(dataset, batch_size: int, parts: str, device: torch.device, num_workers: int = 0) -> DataLoader:
-    """Batches in dataset order. ``parts``: ``"images"`` (image and index), ``"labels"`` (labels and
-    index, images not decoded where the dataset allows) or ``"all"``."""
-    if parts not in ("images", "labels", "all"):
-        raise KdlibError(f"parts = {parts!r}; valid: images, labels, all")
-    return DataLoader(
-        dataset if parts == "all" else _Part(dataset, parts),
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=_collate_images if parts == "images" else _CollateLabels(dataset),
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
-
-
-class FeatureCache:
-    """Pass 1's activations, kept for pass 2 while their total size stays within ``budget_mb``.
-
-    ``add(index, feats)`` keeps one batch (``feats``: layer -> tensor, on its device). The first batch
-    that would take the total over the budget drops everything kept and turns the cache off for the run,
-    so it never holds more than the budget. ``complete`` says whether every batch was kept; ``batches``
-    are (index, feats) pairs in the order they were added. ``budget_mb = 0`` keeps nothing."""
-
-    def __init__(self, budget_mb: float):
-        self.budget = int(budget_mb * 2**20)
-        self.batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
-        self.bytes = 0
-        self.peak = 0
-        self.state = "filling" if self.budget > 0 else "off"
-
-    def add(self, index: torch.Tensor, feats: Mapping[str, torch.Tensor]) -> None:
-        if self.state != "filling":
-            return
-        size = sum(t.numel() * t.element_size() for t in feats.values())
-        if self.bytes + size > self.budget:
-            self.clear()
-            self.state = "over budget"
-            return
-        self.batches.append((index.cpu(), dict(feats)))
-        self.bytes += size
-        self.peak = max(self.peak, self.bytes)
-
-    @property
-    def complete(self) -> bool:
-        """Every batch added so far is kept (and there was at least one)."""
-        return self.state == "filling" and bool(self.batches)
-
-    def clear(self) -> None:
-        self.batches = []
-        self.bytes = 0
-
-    def summary(self) -> dict[str, Any]:
-        """For the run's metadata: the budget, whether pass 2 could use kept activations, the most kept."""
-        used = self.state == "filling" and self.peak > 0
-        state = "used" if used else "not needed" if self.state == "filling" else self.state
-        return {"budget_mb": self.budget / 2**20, "used": used, "state": state, "peak_mb": self.peak / 2**20}
 
 
 def _features(captured, layer: str) -> torch.Tensor:
@@ -195,12 +100,15 @@ def compute_thresholds(
     stat: Callable[..., Any] = TopK,
     total: int | None = None,
     keep: FeatureCache | None = None,
+    merge: Callable[[Any], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pass 1: per layer, each unit's ``1 - quantile`` activation quantile (tensor [units] on ``device``).
 
     ``stat(units, n, quantile, device=...)`` builds the per-layer statistic (default: exact :class:`TopK`;
     the benchmark passes an approximate one); it needs ``add(feats)`` and ``threshold()``. ``keep``: a
-    :class:`FeatureCache` that keeps the activations for pass 2 while they fit.
+    :class:`FeatureCache` that keeps the activations for pass 2 while they fit. ``merge(stat)``: called on
+    each statistic before its threshold is read (sharded runs merge the ranks' top-k there,
+    :mod:`kdlib.dissect.shard`); ``num_images`` counts every rank's images.
     """
     stats: dict[str, Any] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -224,6 +132,9 @@ def compute_thresholds(
                 keep.add(batch["index"], kept)
     if not stats:
         raise KdlibError("the probe set yielded no batches; valid: a dataset with at least one image")
+    for layer in layers:
+        if merge is not None:
+            merge(stats[layer])
     return {layer: stats[layer].threshold() for layer in layers}
 
 
@@ -246,9 +157,11 @@ def _layer_features(model, batches, layers, device, features):
         raise KdlibError("more kept activations than label batches; valid: the same batches in both passes")
 
 
+
+
 def compute_tallies(
     model: nn.Module,
-    batches: Iterable[Mapping[str, torch.Tensor]],
+    batches: Iterable[Mapping[str, Any]],
     layers: Sequence[str],
     thresholds: Mapping[str, torch.Tensor],
     label_category: torch.Tensor,
@@ -262,8 +175,9 @@ def compute_tallies(
 ) -> tuple[dict[str, IoUTally], dict[str, TopExamples], torch.Tensor]:
     """Pass 2: per layer, the IoU counts (:class:`IoUTally`) and top examples; and the label areas.
 
-    ``features``: (index, {layer: activations}) per batch, kept by pass 1 (:class:`FeatureCache`); then
-    the model is not run and ``batches`` need only the labels."""
+    A batch holds ``labels`` (a :class:`~kdlib.dissect.labels.BatchLabels`) or collated ``pixel`` and
+    ``scalar`` tensors, ``index``, and ``image`` unless ``features`` (index, {layer: activations}) per
+    batch, kept by pass 1 (:class:`~kdlib.dissect.batches.FeatureCache`), replace the model."""
     num_labels = label_category.numel()
     label_category = label_category.to(device)
     tallies = {
@@ -275,34 +189,76 @@ def compute_tallies(
     batches = tqdm(batches, total=total, desc=desc, disable=not progress, leave=False)
     with contextlib.closing(_layer_features(model, batches, layers, device, features)) as stream:
         for batch, feats in stream:
-            pixel = batch["pixel"].to(device, non_blocking=True)
-            scalar = batch["scalar"].to(device, non_blocking=True)
-            truth += label_areas(pixel, scalar, num_labels)
+            labels = batch.get("labels")
+            if labels is None:
+                labels = from_pixel(batch["pixel"], batch["scalar"], num_labels)
+            labels = labels.to(device)
+            truth += labels.areas
             for layer in layers:
                 maxima = feats[layer].amax(dim=(2, 3))
-                tallies[layer].add(feats[layer], pixel, scalar, maxima)
+                tallies[layer].add(feats[layer], labels, maxima=maxima)
                 if examples > 0:
                     tops.setdefault(layer, TopExamples(feats[layer].shape[1], examples, device=device))
                     tops[layer].add(feats[layer], batch["index"], maxima)
+    if shard.world()[1] > 1:
+        _merge_ranks(tallies, tops, truth)
     return tallies, tops, truth
 
 
-def _check_args(layers, quantile, iou_threshold, batch_size, examples, feature_cache_mb) -> list[str]:
-    check_quantile(quantile)
-    if isinstance(feature_cache_mb, bool) or not isinstance(feature_cache_mb, (int, float)) or not 0 <= feature_cache_mb < float("inf"):
-        raise KdlibError(f"feature_cache_mb = {feature_cache_mb!r} is not valid; valid: a size in MB >= 0 (0 turns the cache off)")
-    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)) or not 0.0 <= iou_threshold < 1.0:
-        raise KdlibError(f"iou_threshold = {iou_threshold!r} is out of range; valid: 0 <= iou_threshold < 1 (0.04 or 0.05)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise KdlibError(f"batch_size = {batch_size!r} is not valid; valid: an integer >= 1")
-    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
-        raise KdlibError(f"examples = {examples!r} is not valid; valid: an integer >= 0")
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers)
-    if not layers or not all(isinstance(l, str) and l for l in layers):
-        raise KdlibError(f"layers = {layers!r} is not valid; valid: a list of module names such as ['layer4']")
-    return layers
+def _merge_ranks(tallies: Mapping[str, IoUTally], tops: Mapping[str, TopExamples], truth: torch.Tensor) -> None:
+    """Sharded runs: every rank's counts summed and top examples merged (:mod:`kdlib.dissect.shard`)."""
+    shard.sum_counts([truth])
+    for layer, tally in tallies.items():
+        seen = torch.tensor([tally.pairs_seen, tally.pairs_upsampled, tally.pixels_masked], device=truth.device)
+        shard.sum_counts([tally.intersection, tally.activation_cat, tally.unit_area, seen])
+        tally.pairs_seen, tally.pairs_upsampled, tally.pixels_masked = (int(v) for v in seen.tolist())
+        if layer in tops:
+            shard.merge_examples(tops[layer])
+
+
+def resolve_settings(settings: DissectParams | None, overrides: Mapping[str, Any]) -> DissectParams:
+    """``settings`` (default: ``DissectParams()``) with ``overrides`` validated by the same dataclass.
+
+    Conveniences, not checks: a single layer name may be a string, a device a ``torch.device``."""
+    if settings is None:
+        settings = DissectParams()
+    if not isinstance(settings, DissectParams):
+        raise KdlibError(
+            f"settings = {settings!r} is not DissectParams; valid: a kdlib.params.DissectParams, "
+            "or keyword overrides such as layers=['layer4']"
+        )
+    overrides = dict(overrides)
+    if isinstance(overrides.get("layers"), str):
+        overrides["layers"] = [overrides["layers"]]
+    if isinstance(overrides.get("device"), torch.device):
+        overrides["device"] = str(overrides["device"])
+    return replace_from_dict(settings, overrides, "dissect") if overrides else settings
+
+
+def _at_image_size(dataset, image_size: int | None):
+    """``dataset`` as the model sees it at ``image_size`` (a shallow copy when it differs; None: as it is)."""
+    if image_size is None or getattr(dataset, "image_size", image_size) == image_size:
+        return dataset
+    if not hasattr(dataset, "image_size"):
+        raise KdlibError(f"image_size = {image_size} but {type(dataset).__name__} cannot resize; valid: a BrodenDataset")
+    view = copy.copy(dataset)
+    view.image_size = image_size
+    return view
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None, device: torch.device):
+    """The engine's thread policy (module docstring): torch's thread count for the run, restored after."""
+    if threads is None or device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 
 @contextlib.contextmanager
@@ -328,111 +284,6 @@ def _prepared(model: nn.Module, device: torch.device):
             model.to(old_device)
         model.train(was_training)
 
-
-def dissect(
-    model: nn.Module,
-    dataset,
-    layers: Sequence[str] = ("layer3", "layer4"),
-    quantile: float = 0.005,
-    iou_threshold: float = 0.04,
-    batch_size: int = 64,
-    device: str | torch.device | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    examples: int = 8,
-    num_workers: int = 0,
-    feature_cache_mb: float = 256,
-) -> DissectResult:
-    """Dissect ``layers`` of ``model`` on ``dataset`` (a :class:`~kdlib.data.broden.BrodenDataset`).
-
-    Returns a :class:`DissectResult`: ``result["layer4"].thresholds``, ``.iou``, ``.tally``,
-    ``.detectors()``, ``.summary()``; ``result.save(folder)``. ``quantile`` is the top share of
-    activations kept per unit (0.005: top 0.5%); ``iou_threshold`` decides detectors (results keep the
-    counts, so other thresholds can be asked later). ``device``: None picks CUDA when present.
-    ``cache_dir``: reuse per-layer results made with the same weights, layer, dataset, quantile and
-    resolution (anything else rebuilds them). ``examples``: top images kept per unit for pictures.
-    ``feature_cache_mb``: keep pass 1's activations (on ``device``) up to this size, so that pass 2
-    needs no second forward pass when they all fit (0: never keep them); the answer is the same either
-    way. ``result.meta["feature_cache"]`` says whether they fitted.
-    See the module docstring for the exact definition.
-    """
-    layers = _check_args(layers, quantile, iou_threshold, batch_size, examples, feature_cache_mb)
-    if len(dataset) == 0:
-        raise KdlibError(f"the probe set {getattr(dataset, 'root', '')} has no images; valid: at least one image")
-    dev = resolve_device(device)
-    capture_layers(model, layers)  # validates the names (one line listing the model's layers)
-    categories = list(dataset.categories)
-    label_category = dataset.primary_category.clone().long()
-    label_category[0] = -1
-    try:
-        fingerprint = dataset.fingerprint()
-    except OSError as exc:
-        raise KdlibError(
-            f"probe set {getattr(dataset, 'root', '')} cannot be read ({exc.__class__.__name__}: {getattr(exc, 'filename', exc)}); "
-            "valid: a complete Broden folder"
-        ) from None
-    rows = getattr(dataset, "rows", None)
-    seg_sizes = sorted({(r.sh, r.sw) for r in rows}) if rows is not None else None
-    meta = {
-        "dataset": str(getattr(dataset, "root", "")),
-        "dataset_fingerprint": fingerprint,
-        "images": len(dataset),
-        "categories": categories,
-        "quantile": quantile,
-        "iou_threshold": iou_threshold,
-        "upsample": UPSAMPLE,
-    }
-
-    with _prepared(model, dev):
-        weights = cache_mod.weights_hash(model)
-        meta["model_weights"] = weights
-        meta["model_class"] = f"{type(model).__module__}.{type(model).__qualname__}"
-        keys = {
-            layer: cache_mod.cache_key(
-                model=weights,
-                model_class=meta["model_class"],
-                layer=layer,
-                dataset=fingerprint,
-                quantile=quantile,
-                image_size=getattr(dataset, "image_size", None),
-                segmentation=seg_sizes,
-                upsample=UPSAMPLE,
-                examples=examples,
-            )
-            for layer in layers
-        }
-        done: dict[str, LayerResult] = {}
-        if cache_dir is not None:
-            for layer in layers:
-                hit = cache_mod.load(cache_dir, keys[layer])
-                if hit is not None:
-                    done[layer] = hit.with_iou_threshold(iou_threshold)
-        todo = [layer for layer in layers if layer not in done]
-        kept = FeatureCache(feature_cache_mb)
-        if todo:
-            loader = make_loader(dataset, batch_size, "images", dev, num_workers)
-            thresholds = compute_thresholds(
-                model, loader, todo, quantile, len(dataset), dev, progress, total=len(loader), keep=kept
-            )
-            features = kept.batches if kept.complete else None
-            loader = make_loader(dataset, batch_size, "labels" if features is not None else "all", dev, num_workers)
-            try:
-                tallies, tops, truth = compute_tallies(
-                    model, loader, todo, thresholds, label_category, len(categories), dev, examples, progress,
-                    total=len(loader), features=features,
-                )
-            finally:
-                features = None
-                kept.clear()
-            for layer in todo:
-                res = _layer_result(layer, tallies[layer], tops.get(layer), truth, label_category, dataset, quantile, iou_threshold, meta)
-                if cache_dir is not None:
-                    cache_mod.store(cache_dir, keys[layer], res)
-                done[layer] = res
-    return DissectResult(
-        {layer: done[layer] for layer in layers},
-        meta={**meta, "layers_from_cache": [l for l in layers if done[l].from_cache], "feature_cache": kept.summary()},
-    )
 
 
 def _layer_result(layer, tally: IoUTally, top: TopExamples | None, truth, label_category, dataset, quantile, iou_threshold, meta) -> LayerResult:
@@ -465,3 +316,168 @@ def _layer_result(layer, tally: IoUTally, top: TopExamples | None, truth, label_
         top_maps=top_maps,
         meta=layer_meta,
     )
+
+
+def dissect(
+    model: nn.Module,
+    dataset,
+    settings: DissectParams | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    label_cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> DissectResult:
+    """Dissect ``settings.layers`` of ``model`` on ``dataset`` (a :class:`~kdlib.data.broden.BrodenDataset`).
+
+    ``settings``: a :class:`~kdlib.params.DissectParams` (default: its defaults); ``overrides``: any of its
+    fields, validated by it (``layers``, ``quantile``, ``iou_threshold``, ``batch_size``, ``examples``,
+    ``feature_cache_mb``, ``image_size``, ``num_workers``, ``device``, ``threads``). Returns a
+    :class:`DissectResult`: ``result["layer4"].thresholds``, ``.iou``, ``.tally``, ``.detectors()``,
+    ``.summary()``; ``result.save(folder)``. Results keep the counts, so other IoU thresholds can be
+    asked later. ``cache_dir``: reuse per-layer results made with the same weights, layer, dataset,
+    quantile and resolution (anything else rebuilds them). ``label_cache_dir``: where the probe set's
+    decoded labels are kept (:mod:`kdlib.data.broden_labels`; default ``<cache_dir>/labels``, else a
+    temporary folder for this call). ``result.meta["feature_cache"]`` says whether pass 1's activations
+    fitted their budget. See the module docstring for the exact definition.
+    """
+    settings = resolve_settings(settings, overrides)
+    if len(dataset) == 0:
+        raise KdlibError(f"the probe set {getattr(dataset, 'root', '')} has no images; valid: at least one image")
+    if len(dataset) < shard.world()[1]:
+        raise KdlibError(
+            f"the probe set {getattr(dataset, 'root', '')} has {len(dataset)} images for {shard.world()[1]} ranks; "
+            "valid: at least one image per rank"
+        )
+    dataset = _at_image_size(dataset, settings.image_size)
+    dev = resolve_device(settings.device, "dissect.device")
+    layers = list(settings.layers)
+    capture_layers(model, layers)  # validates the names (one line listing the model's layers)
+    meta = _metadata(dataset, settings)
+    kept = FeatureCache(settings.feature_cache_mb)
+    with _threads(settings.threads, dev), _prepared(model, dev):
+        meta["model_weights"] = cache_mod.weights_hash(model)
+        meta["model_class"] = f"{type(model).__module__}.{type(model).__qualname__}"
+        keys = {layer: _cache_key(meta, layer, dataset, settings) for layer in layers}
+        done: dict[str, LayerResult] = {}
+        if cache_dir is not None:
+            for layer in layers:
+                hit = cache_mod.load(cache_dir, keys[layer])
+                if hit is not None:
+                    done[layer] = hit.with_iou_threshold(settings.iou_threshold)
+        todo = [layer for layer in layers if layer not in done]
+        if todo:
+            with _label_folder(label_cache_dir, cache_dir) as folder:
+                fresh = _dissect_layers(model, dataset, todo, settings, dev, folder, kept, meta, progress)
+            for layer, res in fresh.items():
+                if cache_dir is not None and shard.world()[0] == 0:  # one writer
+                    cache_mod.store(cache_dir, keys[layer], res)
+                done[layer] = res
+    return DissectResult(
+        {layer: done[layer] for layer in layers},
+        meta={**meta, "layers_from_cache": [l for l in layers if done[l].from_cache], "feature_cache": kept.summary()},
+    )
+
+
+def _metadata(dataset, settings: DissectParams) -> dict[str, Any]:
+    try:
+        fingerprint = dataset.fingerprint()
+    except OSError as exc:
+        raise KdlibError(
+            f"probe set {getattr(dataset, 'root', '')} cannot be read ({exc.__class__.__name__}: {getattr(exc, 'filename', exc)}); "
+            "valid: a complete Broden folder"
+        ) from None
+    return {
+        "dataset": str(getattr(dataset, "root", "")),
+        "dataset_fingerprint": fingerprint,
+        "images": len(dataset),
+        "categories": list(dataset.categories),
+        "quantile": settings.quantile,
+        "iou_threshold": settings.iou_threshold,
+        "upsample": UPSAMPLE,
+        "ranks": shard.world()[1],
+    }
+
+
+def _cache_key(meta: Mapping[str, Any], layer: str, dataset, settings: DissectParams) -> dict[str, Any]:
+    rows = getattr(dataset, "rows", None)
+    return cache_mod.cache_key(
+        model=meta["model_weights"],
+        model_class=meta["model_class"],
+        layer=layer,
+        dataset=meta["dataset_fingerprint"],
+        quantile=settings.quantile,
+        image_size=getattr(dataset, "image_size", None),
+        segmentation=sorted({(r.sh, r.sw) for r in rows}) if rows is not None else None,
+        upsample=UPSAMPLE,
+        examples=settings.examples,
+    )
+
+
+@contextlib.contextmanager
+def _label_folder(label_cache_dir, cache_dir):
+    """Where the decoded labels live: ``label_cache_dir``, else ``<cache_dir>/labels``, else a temporary
+    folder removed when the run ends."""
+    if label_cache_dir is not None or cache_dir is not None:
+        yield label_cache_dir if label_cache_dir is not None else os.path.join(cache_dir, "labels")
+        return
+    rank, size = shard.world()
+    with tempfile.TemporaryDirectory(prefix="kdlib-labels-") as tmp:
+        if size > 1:  # the ranks of one machine share rank 0's folder
+            names = [tmp]
+            torch.distributed.broadcast_object_list(names, src=0)
+            tmp = names[0]
+        yield tmp
+        shard.barrier()  # nobody removes the folder while another rank reads it
+
+
+def _check_memory(model, dataset, layers, settings: DissectParams, dev) -> dict[str, tuple[int, int, int]]:
+    """The estimates of :mod:`kdlib.dissect.budget`: the input side first, then (after one forward pass
+    of the smallest image) the whole run. Returns each layer's [units, h, w]."""
+    rows = getattr(dataset, "rows", None)
+    image_hw = budget.input_shape(dataset, budget.largest_image(dataset))
+    seg_hw = max(((r.sh, r.sw) for r in rows), key=lambda s: s[0] * s[1]) if rows else image_hw
+    depth = max(sum(len(f) for f in r.pixel.values()) for r in rows) if rows else 1
+    args = (settings, len(dataset), image_hw, seg_hw, depth)
+    budget.check_fits(budget.estimate(*args, {}, int(dataset.num_labels), 0), dev, "reading the probe set")
+    shapes = budget.probe_shapes(model, dataset, layers, dev)
+    budget.check_fits(budget.estimate(*args, shapes, int(dataset.num_labels), default_chunk(dev)), dev, "dissection")
+    return shapes
+
+
+def _labels(dataset, folder, progress: bool, num_workers: int, fingerprint: str):
+    """The label cache; in a sharded run rank 0 builds it while the others wait, then all read it."""
+    rank, size = shard.world()
+    if rank == 0:
+        labels = label_cache(dataset, folder, progress, num_workers, fingerprint)
+    shard.barrier()
+    return labels if rank == 0 else label_cache(dataset, folder, False, num_workers, fingerprint)
+
+
+def _dissect_layers(model, dataset, layers, settings: DissectParams, dev, label_folder, kept: FeatureCache, meta,
+                    progress: bool) -> dict[str, LayerResult]:
+    """Both passes over ``layers`` (none of them cached)."""
+    _check_memory(model, dataset, layers, settings, dev)
+    label_category = dataset.primary_category.clone().long()
+    label_category[0] = -1
+    labels = _labels(dataset, label_folder, progress, settings.num_workers, meta["dataset_fingerprint"])
+    B, workers, part = settings.batch_size, settings.num_workers, shard.shard(len(dataset))
+    merge = shard.merge_topk if shard.world()[1] > 1 else None
+    loader = make_loader(dataset, B, dev, workers, images=True, indices=part)
+    thresholds = compute_thresholds(model, loader, layers, settings.quantile, len(dataset), dev, progress,
+                                    total=len(loader), keep=kept, merge=merge)
+    features = kept.batches if kept.complete else None
+    loader = make_loader(dataset, B, dev, workers, images=features is None, labels=labels, indices=part)
+    try:
+        tallies, tops, truth = compute_tallies(
+            model, loader, layers, thresholds, label_category, len(dataset.categories), dev, settings.examples,
+            progress, total=len(loader), features=features,
+        )  # fmt: skip
+    finally:
+        features = None
+        kept.clear()
+    return {
+        layer: _layer_result(layer, tallies[layer], tops.get(layer), truth, label_category, dataset, settings.quantile,
+                             settings.iou_threshold, meta)
+        for layer in layers
+    }  # fmt: skip

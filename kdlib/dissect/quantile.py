@@ -62,16 +62,36 @@ class TopK:
         self.count = 0
 
     def add(self, feats: torch.Tensor) -> None:
+        """One batch. Once ``k`` values are kept, only values above each unit's smallest kept one can
+        change its top-k (a value equal to it leaves the multiset of kept values as it is), so only those
+        are merged: one comparison over the batch, then a top-k over the few that pass."""
         if feats.dim() < 2 or feats.shape[1] != self.units:
             raise KdlibError(f"activations of shape {tuple(feats.shape)}; valid: [batch, {self.units}, ...]")
-        flat = feats.detach().to(self.dtype).transpose(0, 1).reshape(self.units, -1)
-        self.count += flat.shape[1]
+        feats = feats.detach().to(self.dtype)
+        per_unit = feats.numel() // max(1, self.units)
+        self.count += per_unit
         if self.count > self.n:
             raise KdlibError(f"{self.count} positions added to a top-k made for {self.n}; valid: at most {self.n}")
-        merged = torch.cat([self.values, flat], dim=1)
+        if self.values.shape[1] < self.k:  # still filling: keep everything up to k
+            flat = feats.transpose(0, 1).reshape(self.units, -1)
+            merged = torch.cat([self.values, flat], dim=1)
+        else:
+            merged = torch.cat([self.values, self._above(feats)], dim=1)
         if merged.shape[1] > self.k:
             merged = torch.topk(merged, self.k, dim=1, largest=True, sorted=False).values
         self.values = merged
+
+    def _above(self, feats: torch.Tensor) -> torch.Tensor:
+        """[units, m]: each unit's batch values above its smallest kept value, padded with -inf."""
+        floor = self.values.amin(dim=1)
+        above = (feats > floor.view(1, -1, *([1] * (feats.dim() - 2)))).transpose(0, 1)  # unit-major order
+        unit, *where = above.nonzero(as_tuple=True)
+        per = torch.bincount(unit, minlength=self.units)
+        out = torch.full((self.units, int(per.max()) if unit.numel() else 0), -math.inf, dtype=self.dtype, device=feats.device)
+        if unit.numel():
+            pos = torch.arange(unit.numel(), device=feats.device) - (torch.cumsum(per, 0) - per).index_select(0, unit)
+            out[unit, pos] = feats.transpose(0, 1)[(unit, *where)]
+        return out
 
     def threshold(self) -> torch.Tensor:
         """Per-unit ``1 - quantile`` quantile, equal to ``torch.quantile`` over all added values."""

@@ -11,89 +11,30 @@ For one layer with thresholds ``T`` (one per unit), each batch adds, with tensor
 * label areas (``truth``, :func:`label_areas`): pixels of each label, image-level labels counting
   ``sh * sw`` per image. Label 0 ("unlabelled") is never counted.
 
-Masks (:func:`unit_mask` is the rule, :func:`upsample_bilinear` the upsampling): the unit's map is
-upsampled bilinearly to the segmentation size and compared strictly, ``mask = map > T``; a map whose
-maximum is ``<= T`` has an empty mask. Bilinear upsampling gives convex combinations of the map's
-values, so that rule only states what exact arithmetic gives anyway (in float32 a convex combination of
-equal values can round one ulp above them, so it is stated, as NetDissect-Lite's code applies it). Those
-(image, unit) pairs are skipped without upsampling; with a top-0.5% threshold that is most of them.
-The rest are upsampled in chunks bounded by ``chunk_elements``, so memory does not depend on the number
-of images.
+Masks follow the rule of :mod:`kdlib.dissect.upsample` (``upsample_bilinear(map) > T``, empty when the
+map's maximum is ``<= T``); (image, unit) pairs whose maximum is ``<= T`` are skipped, and for the others
+only the pixels that can pass are evaluated (:class:`~kdlib.dissect.upsample.SparseMasks`), exactly.
 
-Per chunk of pairs the counts come from one ``nonzero`` of the masks, one gather of the labels under the
-masked pixels and one ``bincount`` over (pair, label): the per-pair label counts give the intersections
-(summed into units with ``index_add_``) and, through a 0/1 label-by-category matrix, which categories
-each mask overlaps.
+Labels are counted per vertical segment of a mask, not per pixel: the masks come as segments (a column's
+mask pixels within one row cell, :meth:`~kdlib.dissect.upsample.SparseMasks.segments`) and each
+segmentation layer as vertical runs of equal labels (:class:`~kdlib.dissect.labels.BatchLabels`), so a
+segment's labels are the runs between those of its first and last pixel, with the rows they share
+(usually one run per layer). Per chunk of firing (image, unit) pairs, a fixed number of large tensor
+ops, whatever the number of units, images or labels: the sparse masks (about twenty ops), two lookups
+of runs per (segment, layer), one ``index_add`` over (unit, label) for the intersections and one count
+over (pair, category bits) for the A term. ``chunk_elements`` bounds every intermediate, so memory does
+not grow with the number of images or units.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from kdlib.dissect.labels import BatchLabels, from_pixel
+from kdlib.dissect.upsample import UPSAMPLE, SparseMasks, sparse_masks, unit_mask, upsample_bilinear  # noqa: F401
 from kdlib.errors import KdlibError
 
-UPSAMPLE = "bilinear, align_corners=False; separable float32: columns then rows, w0*a + w1*b; empty when max <= T"
-
-
-def _axis_weights(n_in: int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bilinear sampling along one axis (``align_corners=False``, as ``F.interpolate``): output i reads
-    source position ``(i + 0.5) * n_in / n_out - 0.5`` clamped at 0, between ``i0`` and ``i1 = min(i0 + 1,
-    n_in - 1)`` with weights ``w0 = 1 - w1``, ``w1 = position - i0`` (computed in float64, stored in
-    float32). Returns ``i0, i1, w0, w1``."""
-    pos = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-    i0 = pos.floor().long().clamp(max=n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    w1 = pos - i0
-    w0 = 1 - w1
-    return i0.to(device), i1.to(device), w0.float().to(device), w1.float().to(device)
-
-
-class _Upsampler:
-    """:func:`upsample_bilinear` for one (map size, output size), weights made once."""
-
-    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int], device):
-        self.out_size = tuple(out_size)
-        self.y = _axis_weights(in_size[0], out_size[0], device)
-        self.x = _axis_weights(in_size[1], out_size[1], device)
-
-    def __call__(self, maps: torch.Tensor) -> torch.Tensor:
-        (y0, y1, wy0, wy1), (x0, x1, wx0, wx1) = self.y, self.x
-        cols = maps.transpose(1, 2)  # [k, w, h]: interpolate along x first, on the small map
-        a = cols.index_select(1, x0).mul_(wx0.unsqueeze(1))
-        a.add_(cols.index_select(1, x1).mul_(wx1.unsqueeze(1)))
-        a = a.transpose(1, 2).contiguous()  # [k, h, sw]
-        out = a.index_select(1, y0).mul_(wy0.unsqueeze(1))  # then along y: whole rows, [k, sh, sw]
-        return out.add_(a.index_select(1, y1).mul_(wy1.unsqueeze(1)))
-
-
-@functools.lru_cache(maxsize=64)
-def _upsampler(in_size: tuple[int, int], out_size: tuple[int, int], device: torch.device) -> _Upsampler:
-    return _Upsampler(in_size, out_size, device)
-
-
-def upsample_bilinear(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of ``maps`` [k, h, w] (float32) to ``size`` = (sh, sw): [k, sh, sw].
-
-    The sampling is ``F.interpolate(mode="bilinear", align_corners=False)``'s. The arithmetic is fixed:
-    first along x, ``w0 * a + w1 * b``, then along y the same way, each product and sum rounded to float32
-    on its own (elementwise ops, no fused multiply-add). So a map gets the same bits alone or in any
-    batch, on the CPU or on CUDA, which ``F.interpolate`` does not promise (its CPU kernel already gives
-    other last bits for a batch shaped [1, k, h, w] than for [k, 1, h, w]). It agrees with
-    ``F.interpolate`` to a few float32 ulps (a test pins that).
-    """
-    if maps.dim() != 3:
-        raise KdlibError(f"maps of shape {tuple(maps.shape)}; valid: [k, h, w]")
-    return _upsampler(tuple(maps.shape[1:]), (int(size[0]), int(size[1])), maps.device)(maps.float())
-
-
-def unit_mask(fmap: torch.Tensor, threshold, size: tuple[int, int]) -> torch.Tensor:
-    """The mask of one unit on one image: bool [sh, sw]; ``fmap`` [h, w]. The rule of the module docstring:
-    ``upsample_bilinear(fmap) > threshold``, empty when ``fmap.max() <= threshold``."""
-    if not bool(fmap.max() > threshold):
-        return torch.zeros(tuple(size), dtype=torch.bool, device=fmap.device)
-    return upsample_bilinear(fmap[None], size)[0] > threshold
+_BYTE_BITS = (torch.arange(256).unsqueeze(1) >> torch.arange(8)).bitwise_and_(1).float()  # [256, 8]
 
 
 def label_areas(pixel: torch.Tensor, scalar: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -107,13 +48,20 @@ def label_areas(pixel: torch.Tensor, scalar: torch.Tensor, num_labels: int) -> t
     return counts
 
 
+def default_chunk(device: torch.device) -> int:
+    """Intermediate values per chunk of (image, unit) pairs: 2**21 on the CPU, 2**24 on CUDA."""
+    return 1 << 24 if device.type == "cuda" else 1 << 21
+
+
 class IoUTally:
-    """Streaming IoU counts for one layer: ``add(feats, pixel, scalar)`` per batch, then :meth:`iou`.
+    """Streaming IoU counts for one layer: ``add(feats, labels)`` per batch, then :meth:`activation`.
 
     ``label_category``: int64 [num_labels], each label's primary category (index into the categories),
-    -1 for label 0 and labels in no category. Labels must be below ``num_labels`` (the engine checks
-    that with :func:`label_areas` before adding a batch). ``chunk_elements``: upsampled pixels per chunk
-    (None: 2**18 on the CPU, where a chunk that fits the cache is faster, 2**24 on CUDA).
+    -1 for label 0 and labels in no category. ``labels`` is a :class:`~kdlib.dissect.labels.BatchLabels`
+    (or, for direct use, ``add(feats, pixel, scalar)`` with collated int64 tensors [B, D, sh, sw] and
+    [B, M]). ``chunk_elements``: intermediate values per chunk of (image, unit) pairs (None: 2**21 on the
+    CPU, 2**24 on CUDA); it bounds the memory of a batch, and a batch of a few thousand firing pairs is
+    one or two chunks (few, large tensor ops).
     """
 
     def __init__(
@@ -129,72 +77,114 @@ class IoUTally:
         self.num_labels = label_category.numel()
         self.num_categories = num_categories
         self.label_category = label_category.to(device=device, dtype=torch.long)
-        known = (self.label_category >= 0).nonzero(as_tuple=True)[0]
-        # 0/1 [labels, categories]: each label's primary category (a zero row for label 0 and labels in none)
-        self.label_onehot = torch.zeros((self.num_labels, num_categories), device=device)
-        self.label_onehot[known, self.label_category[known]] = 1.0
-        if chunk_elements is None:
-            chunk_elements = 1 << 24 if device.type == "cuda" else 1 << 18
-        self.chunk_elements = int(chunk_elements)
+        # each label's column for the overlap count: its category, or C (dropped) for label 0 and labels in none
+        self.category_column = torch.where(self.label_category >= 0, self.label_category, num_categories)
+        self.category_column[0] = num_categories
+        # each label's category as a bit (0 for label 0 and labels in none), for the overlap count
+        if num_categories > 62:
+            raise KdlibError(f"{num_categories} categories; valid: at most 62")
+        self.label_bits = torch.where(self.category_column < num_categories, 1 << self.category_column.clamp(max=62), 0)
+        self.chunk_elements = int(default_chunk(device) if chunk_elements is None else chunk_elements)
         self.intersection = torch.zeros((self.units, self.num_labels), dtype=torch.long, device=device)
         self.activation_cat = torch.zeros((self.units, num_categories), dtype=torch.long, device=device)
         self.unit_area = torch.zeros(self.units, dtype=torch.long, device=device)
         self.pairs_seen = 0
-        self.pairs_upsampled = 0
+        self.pairs_upsampled = 0  # pairs whose map passes the threshold (the only ones evaluated)
+        self.pixels_masked = 0
 
-    def add(self, feats: torch.Tensor, pixel: torch.Tensor, scalar: torch.Tensor, maxima: torch.Tensor | None = None) -> None:
-        """One batch: ``feats`` [B, U, h, w]; ``pixel`` int64 [B, D, sh, sw]; ``scalar`` int64 [B, M];
-        ``maxima`` [B, U], the maps' maxima when already computed."""
+    def add(self, feats: torch.Tensor, labels, scalar: torch.Tensor | None = None, maxima: torch.Tensor | None = None) -> None:
+        """One batch: ``feats`` [B, U, h, w]; ``labels`` a :class:`BatchLabels` (or ``pixel`` [B, D, sh, sw]
+        with ``scalar`` [B, M]); ``maxima`` [B, U], the maps' maxima when already computed."""
         if feats.dim() != 4 or feats.shape[1] != self.units:
             raise KdlibError(f"activations of shape {tuple(feats.shape)}; valid: [batch, {self.units}, h, w]")
+        if not isinstance(labels, BatchLabels):
+            labels = from_pixel(labels, scalar, self.num_labels).to(feats.device)
+        if labels.batch != feats.shape[0]:
+            raise KdlibError(f"{labels.batch} label images for {feats.shape[0]} activation maps; valid: the same batch")
         feats = feats.float()
-        size = (int(pixel.shape[-2]), int(pixel.shape[-1]))
-        upsample = _upsampler(tuple(feats.shape[2:]), size, feats.device)
+        masks = sparse_masks(tuple(feats.shape[2:]), labels.size, feats.device)
         if maxima is None:
             maxima = feats.amax(dim=(2, 3))
         fires = maxima > self.thresholds  # [B, U]; a map with max <= T has an empty mask
-        b_all, u_all = fires.nonzero(as_tuple=True)
+        u_all, b_all = fires.t().nonzero(as_tuple=True)  # unit-major: each unit's counts are updated together
         self.pairs_seen += fires.numel()
         self.pairs_upsampled += b_all.numel()
-        if b_all.numel() == 0:
-            return
-        scalar_counts = None
-        if scalar.shape[1] > 0:  # [B, L]: image-level labels of each image (label 0 dropped)
-            scalar_counts = torch.zeros((feats.shape[0], self.num_labels), dtype=torch.long, device=feats.device)
-            scalar_counts.scatter_add_(1, scalar, torch.ones_like(scalar))
-            scalar_counts[:, 0] = 0
-        per_chunk = max(1, self.chunk_elements // max(1, size[0] * size[1]))
+        maps = feats.view(-1, *feats.shape[2:])
+        per_chunk = max(1, self.chunk_elements // masks.elements_per_map)
         for start in range(0, b_all.numel(), per_chunk):
             b, u = b_all[start : start + per_chunk], u_all[start : start + per_chunk]
-            self._add_pairs(feats, pixel, scalar_counts, b, u, upsample)
+            self._add_pairs(maps.index_select(0, b * self.units + u), labels, b, u, masks)
 
-    def _add_pairs(self, feats, pixel, scalar_counts, b, u, upsample: _Upsampler) -> None:
-        L = self.num_labels
-        k = b.numel()
-        B, D = pixel.shape[:2]
-        S = upsample.out_size[0] * upsample.out_size[1]
-        mask = upsample(feats[b, u]).view(k, S) > self.thresholds[u].unsqueeze(1)  # [k, S]
-        kk, ss = mask.nonzero(as_tuple=True)
-        area = torch.bincount(kk, minlength=k)  # mask pixels per pair
-        if D > 0 and kk.numel() > 0:
-            # every layer's label under each masked pixel: pixel.view(-1)[(b * D + d) * S + s], [nnz, D]
-            where = (b * (D * S)).index_select(0, kk).add_(ss)
-            where = where.unsqueeze(1) + torch.arange(0, D * S, S, device=where.device)
-            keys = pixel.reshape(-1)[where].add_((kk * L).unsqueeze(1))  # (pair, label) as pair * L + label
-            counts = torch.bincount(keys.view(-1), minlength=k * L).view(k, L)  # labels under each mask
-        else:
-            counts = torch.zeros((k, L), dtype=torch.long, device=feats.device)
-        if scalar_counts is not None:  # an image-level label lies under every mask pixel of its image
-            counts += scalar_counts.index_select(0, b) * area.unsqueeze(1)
-        counts[:, 0] = 0
-        overlap = ((counts > 0).float() @ self.label_onehot) > 0  # [k, C]: mask meets a label of category c
-        self.intersection.index_add_(0, u, counts)
+    def _add_pairs(self, maps, labels: BatchLabels, b, u, masks: SparseMasks) -> None:
+        L, C, k = self.num_labels, self.num_categories, b.numel()
+        pair, x, first, last = masks.segments(maps, self.thresholds.index_select(0, u), self.chunk_elements)
+        length = last - first + 1
+        area = torch.zeros(k, dtype=torch.long, device=maps.device).index_add_(0, pair, length)  # mask pixels per pair
+        self.pixels_masked += int(length.sum())
+        overlap = torch.zeros((k, C), dtype=torch.bool, device=maps.device)
+        if labels.depth > 0 and pair.numel() > 0:
+            seg, label, count = _runs_under(labels, b.index_select(0, pair), x, first, last)
+            keys = (u * L).index_select(0, pair.index_select(0, seg)).add_(label)  # unit * L + label
+            self.intersection.view(-1).index_add_(0, keys, count)
+            overlap |= _categories_met(pair.index_select(0, seg), self.label_bits.index_select(0, label), k, C)
+        if labels.scalar.shape[1] > 0:  # an image-level label lies under every mask pixel of its image
+            nums = labels.scalar.index_select(0, b)  # [k, M]
+            weight = area.unsqueeze(1).expand_as(nums)
+            self.intersection.view(-1).index_add_(0, (nums + (u * L).unsqueeze(1)).view(-1), weight.reshape(-1))
+            met = torch.zeros((k, C + 1), dtype=torch.long, device=maps.device)
+            met.scatter_add_(1, self.category_column[nums], (weight > 0).long())
+            overlap |= met[:, :C] > 0
+        self.intersection[:, 0] = 0  # label 0: unlabelled pixels, and the padding of image-level labels
         self.activation_cat.index_add_(0, u, overlap.long() * area.unsqueeze(1))
         self.unit_area.index_add_(0, u, area)
 
     def activation(self) -> torch.Tensor:
         """A per (unit, label): the A term of the label's primary category (0 for labels in none)."""
         return activation_per_label(self.activation_cat, self.label_category)
+
+
+def _runs_under(labels: BatchLabels, image, x, first, last) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For vertical segments (image, column x, rows first..last): every (segment, layer, run) they cross,
+    as ``(segment, label, pixels in common)``, for the layers each image has. The runs of a column are
+    consecutive, so a segment crosses the runs from the one of its first pixel to the one of its last."""
+    sh, sw = labels.size
+    D, S = labels.depth, sh * sw
+    depth = labels.depths.index_select(0, image)  # layers of each segment's image
+    if int(depth.min()) == D:  # every image has every layer
+        seg = torch.arange(image.numel(), device=image.device).repeat_interleave(D)
+        layer = torch.arange(D, device=image.device).repeat(image.numel())
+    else:
+        seg = torch.repeat_interleave(torch.arange(image.numel(), device=image.device), depth)
+        layer = torch.arange(seg.numel(), device=image.device) - (torch.cumsum(depth, 0) - depth).index_select(0, seg)
+    if seg.numel() == 0:  # no segment lies in an image with a pixel label
+        return seg, seg, seg
+    plane = (image.index_select(0, seg) * D + layer).mul_(S)
+    lo = labels.run_index.index_select(0, plane + (first * sw + x).index_select(0, seg)).long()
+    hi = labels.run_index.index_select(0, plane.add_((last * sw + x).index_select(0, seg))).long()
+    crossed = hi - lo + 1  # runs per (segment, layer); mostly 1
+    if int(crossed.max()) > 1:
+        pos = torch.repeat_interleave(torch.arange(lo.numel(), device=image.device), crossed)
+        run = lo.index_select(0, pos) + torch.arange(pos.numel(), device=image.device) - (torch.cumsum(crossed, 0) - crossed).index_select(0, pos)
+        seg = seg.index_select(0, pos)
+    else:
+        run = lo
+    top = torch.maximum(first.index_select(0, seg), labels.run_first.index_select(0, run))
+    bottom = torch.minimum(last.index_select(0, seg), labels.run_last.index_select(0, run))
+    return seg, labels.run_label.index_select(0, run), bottom.sub_(top).add_(1)
+
+
+def _categories_met(pair: torch.Tensor, bits: torch.Tensor, k: int, C: int) -> torch.Tensor:
+    """[k, C] bool: whether some event of pair p has a label of category c (``bits``: bit c per event),
+    one count over (pair, byte of bits) per 8 categories."""
+    out = torch.zeros((k, C), dtype=torch.bool, device=pair.device)
+    for first in range(0, C, 8):
+        width = min(8, C - first)
+        byte = (bits >> first).bitwise_and_((1 << width) - 1)
+        seen = torch.zeros(k << width, dtype=torch.long, device=pair.device)
+        seen.index_add_(0, (pair << width).add_(byte), torch.ones_like(byte))
+        table = _BYTE_BITS[: 1 << width, :width].to(pair.device)
+        out[:, first : first + width] = ((seen.view(k, 1 << width) > 0).float() @ table) > 0
+    return out
 
 
 def activation_per_label(activation_cat: torch.Tensor, label_category: torch.Tensor) -> torch.Tensor:

@@ -174,12 +174,8 @@ def dissect(study: StudyParams, folder: StudyFolder, progress: bool = True) -> d
             continue
         if target.is_dir():
             layout.clear_done(target)
-        result = run_dissection(
-            model, probe, layers=study.dissect.layers, quantile=study.dissect.quantile,
-            iou_threshold=study.dissect.iou_threshold, batch_size=study.dissect.batch_size,
-            device=study.dissect.device, cache_dir=folder.cache, progress=progress, examples=study.dissect.examples,
-            num_workers=study.dissect.num_workers, feature_cache_mb=study.dissect.feature_cache_mb,
-        )  # fmt: skip
+        # decoded probe labels are cached once for the whole study in <study>/cache/labels
+        result = run_dissection(model, probe, study.dissect, cache_dir=folder.cache, progress=progress)
         result.meta.update(network=net.name, model=net.model, kind=net.kind, seed=net.seed)
         result.save(target)
         layout.write_done(target, "dissect", key=key)
