@@ -4,7 +4,8 @@ tallies, bit for bit, of commit 6ddbd16 (the commit before it).
 ``tests/data/reference_6ddbd16.json`` holds the SHA-256 digests of every trained network's weights and
 every dissected layer's counts, made by running commit 6ddbd16's own ``python -m kdlib.runs`` on
 ``params/default.yaml`` with ``world: {profile: tiny}``, 3 epochs (milestone at 2), batch 32, dissection
-batch 16, one torch thread (results depend on the thread count), and hashing the run folder with
+batch 16, that commit's training pipeline (set explicitly below: the default params have moved to the
+fast path), one torch thread (results depend on the thread count), and hashing the run folder with
 :func:`folder_digests` below. Network names then had no seed suffix (``kd``, ``random-resnet18_w8``).
 """
 
@@ -48,6 +49,9 @@ def test_default_params_on_the_tiny_world_match_commit_6ddbd16(tmp_path):
     params = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
     params["world"] = {"profile": "tiny"}
     params["train"].update(epochs=3, batch_size=32, schedule={"name": "multistep", "milestones": [2], "gamma": 0.1})
+    # the pipeline of 6ddbd16, explicitly: DataLoader with PIL transforms, float32 student in the default
+    # memory format, every network alone, one thread (the default params use the fast path)
+    params["train"].update(batches="loader", amp=False, channels_last=False, stack=1, threads=1, teacher_amp=True)
     params["dissect"]["batch_size"] = 16
     params.update(data_root=str(tmp_path / "data"), output_root=str(tmp_path / "outputs"))
     path = tmp_path / "default_tiny.yaml"
