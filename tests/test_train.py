@@ -72,7 +72,8 @@ def test_run_folder_layout_and_last_epoch_weights(tiny_world, tmp_path):
     model, state = load_model(folder, model="resnet8_w8", num_classes=6)
     assert state["epoch"] == 2 and not model.training
     val = IndexedSplit(tiny_world, "val", eval_transform(24))
-    assert evaluate(model, eval_loader(val, 16, 0, False), torch.device("cpu"))[1] == pytest.approx(result.val_acc)
+    ((_, val_acc),) = evaluate(model, [(x, y) for x, y, _ in eval_loader(val, 16, 0, False)], torch.device("cpu"))
+    assert val_acc == pytest.approx(result.val_acc)
     again = fit_named(s, "scratch")  # finished: returned as it is, nothing retrained
     assert again == result and same_weights(weights(folder / "checkpoint.pt"), state["model_state"])
 

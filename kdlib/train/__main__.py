@@ -14,7 +14,7 @@ import argparse
 from kdlib.errors import cli_main
 from kdlib.layout import StudyFolder
 from kdlib.params import load_study
-from kdlib.train.fit import fit_study
+from kdlib.train.plan import fit_study
 
 
 def _parser() -> argparse.ArgumentParser:
