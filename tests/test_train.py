@@ -27,15 +27,15 @@ from kdlib.data.transforms import eval_transform
 from kdlib.train.step import evaluate
 
 from kdlib.layout import StudyFolder
-from train_helpers import fit_named, run_folder, study, study_file, trained_teacher
+from train_helpers import fit_named, run_folder, study, study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = {"name": "scratch", "model": "resnet8_w8"}
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, tiny_world):
-    return trained_teacher(tmp_path_factory.getbasetemp() / "shared-teacher", tiny_world)
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 def kd_permuted(teacher: Path, name: str = "kdp") -> dict:

@@ -11,7 +11,7 @@ from kdlib.data.transforms import eval_transform
 from kdlib.registry import LOSSES
 from kdlib.data.splits import IndexedSplit
 
-from train_helpers import fit_named, session_for, study, trained_teacher
+from train_helpers import fit_named, session_for, study
 
 METHODS = {
     "ce": {},
@@ -31,8 +31,8 @@ STAGED = {"ft": {}, "sskd": {}, "fitnet": {"hint_epochs": 1}}
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, tiny_world):
-    return trained_teacher(tmp_path_factory.getbasetemp() / "shared-teacher", tiny_world)
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")
