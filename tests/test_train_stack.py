@@ -103,8 +103,7 @@ def _steps(session: TrainingSession, steps: int) -> TrainingSession:
     session.network.train()
     with session:
         for step, (x, y, i) in zip(range(steps), session.batches.epoch(session.seed, 1)):
-            total, _ = session._losses(session.forwarder(x, y, i, epoch=1, step=step))
-            session.stepper(total)
+            session.step(x, y, i, epoch=1, step=step)
     return session
 
 

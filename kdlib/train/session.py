@@ -218,12 +218,7 @@ class TrainingSession:
         bar = tqdm(self.batches.epoch(self.seed, epoch), total=len(self.batches), leave=False, disable=not self.progress,
                    desc=f"{self.members[0].spec.key}{'+' if len(self.members) > 1 else ''} epoch {epoch}/{self.train.epochs}")
         for step, (images, targets, indices) in enumerate(bar):
-            ios = self.forwarder(images, targets, indices, epoch=epoch, step=step)
-            total, parts = self._losses(ios)
-            self._finite(total, parts, epoch, step)
-            self.stepper(total)
-            if self.train.schedule.per_step:
-                self.scheduler.step()
+            ios, parts = self.step(images, targets, indices, epoch, step)
             b = targets.numel()
             seen += b
             # Running sums stay on the device (loss, correct, each term): the only per-step host sync is
@@ -238,6 +233,18 @@ class TrainingSession:
         if not self.train.schedule.per_step:
             self.scheduler.step()
         return [_row(lr, s.tolist(), names, seen) for s, names in zip(sums, labels)]
+
+    def step(self, images, targets, indices, epoch: int = 0, step: int = 0):
+        """One optimisation step of every network on one batch (inside ``with session``, after
+        :meth:`seed_epoch`): the forwards, each network's objective, one backward and optimizer step over
+        all of them. Returns each network's StepIO and ``(loss, {term: value})``."""
+        ios = self.forwarder(images, targets, indices, epoch=epoch, step=step)
+        total, parts = self._losses(ios)
+        self._finite(total, parts, epoch, step)
+        self.stepper(total)
+        if self.train.schedule.per_step:
+            self.scheduler.step()
+        return ios, parts
 
     def _finite(self, total: torch.Tensor, parts: list, epoch: int, step: int) -> None:
         if torch.isfinite(total).item():
