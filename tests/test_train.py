@@ -310,6 +310,29 @@ if "test_nan" not in LOSSES:
     LOSSES.add("test_nan", _NanFrom)
 
 
+class _Threads(LossTerm):
+    """Test-only: cross-entropy that records torch's thread count at every step."""
+
+    seen: list = []
+
+    def forward(self, io):
+        _Threads.seen.append(torch.get_num_threads())
+        return torch.nn.functional.cross_entropy(io.logits, io.targets)
+
+
+if "test_threads" not in LOSSES:
+    LOSSES.add("test_threads", _Threads)
+
+
+def test_training_runs_at_the_params_thread_count(tiny_world, tmp_path):
+    before = torch.get_num_threads()
+    _Threads.seen.clear()
+    s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "loss": [{"name": "test_threads"}]}],
+              threads=before + 1, epochs=1)
+    fit_named(s, "s")
+    assert set(_Threads.seen) == {before + 1} and torch.get_num_threads() == before
+
+
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny_world, tmp_path):
     s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "loss": [{"name": "test_nan", "epoch": 2}]}], epochs=3)
     with pytest.raises(KdlibError) as e:

@@ -40,6 +40,9 @@ def students(teacher: Path) -> list[dict]:
         {"name": "ls", "model": "resnet8_w8", "loss": [{"name": "ls", "epsilon": 0.1}]},
         {"name": "kdp", "model": "resnet8_w8", "teacher": {"checkpoint": str(teacher)},
          "loss": [{"name": "ce", "weight": 0.5}, {"name": "kd_permuted", "weight": 0.5, "temperature": 2.0}]},
+        # a second network drawing loss randomness: each must draw from its own stream, as if alone
+        {"name": "kdp4", "model": "resnet8_w8", "teacher": {"checkpoint": str(teacher)},
+         "loss": [{"name": "ce", "weight": 0.5}, {"name": "kd_permuted", "weight": 0.5, "temperature": 4.0}]},
     ]
 
 
@@ -91,7 +94,7 @@ def test_a_model_whose_members_would_mix_is_refused():
 
 
 def _sessions(tmp_path, world, teacher, amp: bool):
-    s = study(tmp_path, world, students(teacher), amp=amp, channels_last=True, stack=3)
+    s = study(tmp_path, world, students(teacher), amp=amp, channels_last=True, stack=4)
     splits, device = load_splits(s, s.train), torch.device("cpu")
     teachers = {"t": load_teacher(teacher, len(splits.classes), device, s.train, "t")[0]}
     specs = [NetworkSpec(i.key, i.run, i.seed, "t" if i.run.teacher else None, i.key) for i in s.instances()]
@@ -152,7 +155,7 @@ def test_optimizer_state_cut_into_members_and_put_back_is_unchanged():
 def test_stacked_fit_is_deterministic_and_writes_ordinary_checkpoints(tiny_world, tiny_teacher, tmp_path):
     runs = []
     for name in ("one", "two"):
-        s = study(tmp_path / name, tiny_world, students(tiny_teacher), amp=True, channels_last=True, stack=3, epochs=2)
+        s = study(tmp_path / name, tiny_world, students(tiny_teacher)[:3], amp=True, channels_last=True, stack=3, epochs=2)
         folder = layout.StudyFolder.for_study(s)
         insts = s.instances()
         teachers = [None, None, tiny_teacher]
@@ -204,3 +207,17 @@ def test_the_default_study_plan():
             same = [k for h in groups[2:] for k, i in zip(h.keys, h.insts) if i.seed == g.insts[0].seed and i.run.teacher and i.run.teacher.run == name]
             assert all(k in g.keys for k in same)
         assert g.needs == {i.run.teacher.run for i in g.insts if i.run.teacher}
+
+
+@pytest.mark.slow
+def test_selecting_one_network_of_a_stack_trains_its_stack(tiny_world, tmp_path, tiny_teacher):
+    """A network's weights depend on its stack (float sums), so selecting it trains its whole stack, as the
+    plan made it from the params; the stack's networks come back finished too."""
+    from kdlib.train import fit_study
+
+    s = study(tmp_path, tiny_world, students(tiny_teacher)[:2] + [{"name": "alone", "model": "resnet14_w8"}],
+              stack=2, epochs=1)
+    results = fit_study(s, layout.StudyFolder.for_study(s), names=["ls"], progress=False, jobs=1)
+    assert [r.name for r in results] == ["scratch-s0", "ls-s0"]
+    assert checkpoint.load(results[1].checkpoint)["identity"]["stack"] == ["scratch-s0", "ls-s0"]
+    assert not layout.StudyFolder.for_study(s).run("alone-s0").exists()
