@@ -16,6 +16,10 @@ hits them alike, and the best round is kept; the whole table is measured at 1 an
 alone and beside a busy second process (``python -c "while True: pass"``). The teacher is the study's
 teacher architecture, untrained (weights do not change the cost), prepared as training prepares it.
 
+Part 3 estimates the training wall time of the whole study: every group's CPU time per step (CPU time,
+which another process's load hardly changes), times its epochs' steps, list-scheduled over the plan's
+processes with the teachers first.
+
 Part 2. The study's students of one seed: today one after another in one process at 2 threads (what
 ``make study`` did), against the plan's groups (:func:`kdlib.train.plan`), every group in its own process
 at ``train.threads`` threads, all at once (stacked students share batches and teacher forwards). The
@@ -74,21 +78,22 @@ def session_for(train, splits, run: RunParams, teacher_model: str, device) -> Tr
     return TrainingSession(train, splits, [NetworkSpec(run.name, run, 0, "teacher" if needs else None, run.name)], teachers, device)
 
 
-def images_per_second(session: TrainingSession, steps: int, epoch: int) -> float:
-    """Images per second of one session over ``steps`` steps (data included), after one warm-up step."""
+def images_per_second(session: TrainingSession, steps: int, epoch: int, clock=time.perf_counter) -> float:
+    """Images per second of one session over ``steps`` steps (data included), after one warm-up step;
+    ``clock=time.process_time`` counts this process's CPU time instead of the wall clock."""
     session.seed_epoch("epoch", epoch)
     session.network.train()
     batches = session.batches.epoch(session.seed, epoch)
     with session:
         session.step(*next(batches))
-        start, seen = time.perf_counter(), 0
+        start, seen = clock(), 0
         for step in range(steps):
             images, targets, indices = next(batches)
             session.step(images, targets, indices, epoch, step)
             seen += targets.numel()
         if session.device.type == "cuda":
             torch.cuda.synchronize()
-        return seen / (time.perf_counter() - start)
+        return seen / (clock() - start)
 
 
 @contextlib.contextmanager
@@ -183,13 +188,58 @@ def part2(study, splits, device, args) -> None:
     print(f"  ratio new/today: {sum(summed.values()) / today:.2f}x (goal >= 3x)")
 
 
+def group_session(study, splits, group, device) -> TrainingSession:
+    """The session the plan trains ``group`` in, with untrained teachers of the study's teacher architectures."""
+    train = study.train_for(group.insts[0].run)
+    teachers = {t.name: frozen_teacher(t.model, len(splits.classes), device, train) for t in study.teachers}
+    specs = [NetworkSpec(i.key, i.run, i.seed, i.run.teacher.run if i.run.teacher else None, i.key) for i in group.insts]
+    return TrainingSession(train, splits, specs, teachers, device)
+
+
+def simulate(durations: dict, groups, jobs: int) -> float:
+    """Wall time of training ``groups`` (each ``durations[keys]`` seconds) in ``jobs`` processes: in plan
+    order, each group on the process that frees first, once the teachers it needs are finished."""
+    free = [0.0] * jobs
+    finished: dict[str, float] = {}
+    for g in groups:
+        slot = free.index(min(free))
+        begin = max([free[slot]] + [finished[k] for k in g.needs if k in finished])
+        free[slot] = begin + durations[tuple(g.keys)]
+        finished.update({k: free[slot] for k in g.keys})
+    return max(free)
+
+
+def part3(study, splits, device, args) -> None:
+    """Estimated training wall time of the whole study: each group's CPU time per step (one process, this
+    machine's load counts little in CPU time) times its steps, list-scheduled over the plan's processes."""
+    from kdlib.train.plan import default_jobs
+
+    groups = plan(study)
+    first = study.student_seeds[0]
+    shapes = [g for g in groups if g.insts[0].role == "teacher" or g.insts[0].seed == first]
+    per_step, durations = {}, {}
+    for g in shapes:
+        session = group_session(study, splits, g, device)
+        per_step[tuple(i.name for i in g.insts)] = study.train.batch_size / images_per_second(
+            session, args.steps, epoch=1, clock=time.process_time)
+    for g in groups:
+        train = study.train_for(g.insts[0].run)
+        durations[tuple(g.keys)] = per_step[tuple(i.name for i in g.insts)] * len(session.batches) * train.epochs
+    jobs = default_jobs(study)
+    wall = simulate(durations, groups, jobs)
+    steps = ", ".join(f"{'+'.join(k)} {v * 1000:.0f} ms" for k, v in per_step.items())
+    print(f"\nPart 3: estimated training wall time of {study.source} ({len(groups)} groups, {jobs} processes): "
+          f"{wall / 60:.1f} min (CPU time per step: {steps}; "
+          "evaluation and process start-up not included)")
+
+
 @cli_main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", default=str(ROOT / "params" / "default.yaml"))
     p.add_argument("--steps", type=int, default=3, help="timed steps per cell and round")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--part", type=int, choices=(1, 2), default=None, help="run one part only")
+    p.add_argument("--part", type=int, choices=(1, 2, 3), default=None, help="run one part only")
     args = p.parse_args(argv)
     study = load_study(args.params)
     device = torch.device("cpu")
@@ -201,6 +251,8 @@ def main(argv=None) -> int:
             print_part1(part1(study, splits, device, args), study, splits)
         if args.part in (None, 2):
             part2(study, splits, device, args)
+        if args.part in (None, 3):
+            part3(study, splits, device, args)
     with open("/proc/loadavg") as f:
         print(f"load average after: {f.read().split()[:3]}")
     return 0
