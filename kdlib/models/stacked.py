@@ -28,7 +28,8 @@ from torch import nn
 from kdlib.errors import KdlibError
 
 # Modules that act on each channel (or pass the tensor through), so member blocks stay apart.
-CHANNELWISE = (nn.ReLU, nn.Identity, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten, nn.Dropout)
+CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Identity,
+               nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten, nn.Dropout)
 PROBE_TOLERANCE = 1e-4  # relative: the stack must reproduce each member's float32 logits at set-up
 
 
@@ -142,7 +143,7 @@ class StackedNetwork(nn.Module):
     def _probe(self, networks: Sequence[nn.Module]) -> None:
         """Refuse an architecture whose forward mixes members (e.g. a reshape the stack cannot see)."""
         param = next(networks[0].parameters())
-        probe = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)).to(param.device)
+        probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(param.device)
         modes = [n.training for n in networks]
         try:
             for n in networks:

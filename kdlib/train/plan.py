@@ -35,6 +35,8 @@ from kdlib import layout
 from kdlib.errors import KdlibError
 from kdlib.locks import folder_lock
 from kdlib.losses import build_objective
+from kdlib.models import build
+from kdlib.models.stacked import StackedNetwork
 from kdlib.params import RunInstance, StudyParams, to_dict
 from kdlib.train.check import check_study
 from kdlib.train.fit import RunResult, fit_stack, teacher_checkpoint
@@ -105,6 +107,17 @@ def plan(study: StudyParams) -> list[Group]:
     return out
 
 
+def check_stacks(study: StudyParams, groups: Sequence[Group]) -> None:
+    """One line, before any training, for a stack whose architecture cannot be stacked (see
+    :class:`kdlib.models.stacked.StackedNetwork`); the probe networks are built at two classes."""
+    for arch in {(g.insts[0].run.model, json.dumps(g.insts[0].run.model_kwargs, sort_keys=True)) for g in groups if len(g.insts) > 1}:
+        model, kwargs = arch[0], json.loads(arch[1])
+        try:
+            StackedNetwork([build(model, 2, **kwargs) for _ in range(2)], model)
+        except KdlibError as exc:
+            raise KdlibError(f"{study.source}: {exc}") from None
+
+
 def default_jobs(study: StudyParams) -> int:
     """As many processes as the machine has cores for ``train.threads`` threads each."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -122,6 +135,7 @@ def fit_study(study: StudyParams, folder: "layout.StudyFolder", names: Optional[
     check_study(study, sorted({i.name for i in instances}))
     chosen = {i.key for i in instances}
     groups = [g for g in plan(study) if chosen & set(g.keys)]
+    check_stacks(study, groups)
     trained = {k for g in groups for k in g.keys}
     for g in groups:
         for inst in g.insts:
