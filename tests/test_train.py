@@ -79,6 +79,7 @@ def test_run_folder_layout_and_last_epoch_weights(tiny_world, tmp_path):
     assert again == result and same_weights(weights(folder / "checkpoint.pt"), state["model_state"])
 
 
+@pytest.mark.slow
 def test_same_params_same_weights_other_seed_other_weights(tiny_world, tmp_path, teacher):
     runs = []
     for name, seed_dir in (("a", "one"), ("b", "two")):
@@ -148,6 +149,7 @@ def test_processes_train_the_same_weights_as_one_process(tiny_world, tmp_path, t
         assert same_weights(weights(Path(a.checkpoint)), weights(Path(b.checkpoint))) and a.val_acc == b.val_acc
 
 
+@pytest.mark.slow
 def test_a_failing_training_process_is_one_line(tiny_world, tmp_path):
     """A training process that stops with a KdlibError (here: a loss weighted 1e30 overflows after the
     first step) makes fit_study stop with that one line; the other process is stopped too."""
@@ -161,6 +163,7 @@ def test_a_failing_training_process_is_one_line(tiny_world, tmp_path):
     assert str(e.value).startswith(f"{s.source}: ") and "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_cli_trains_teacher_then_student_and_reports_errors_in_one_line(tiny_world, tmp_path):
     params = study_file(tmp_path, tiny_world, [{"name": "kd", "model": "resnet8_w8", "teacher": {"run": "teacher"},
                                                "loss": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5}]}],
