@@ -8,6 +8,7 @@ train other networks in another)::
     runs/<network>/             one training run per network (teachers by name, students <name>-s<seed>)
         params.yaml             the resolved params the run was made from
         checkpoint.pt           the latest completed epoch (atomic)
+        checkpoint.next.pt      only while a stacked session saves: see kdlib.train.runfiles
         metrics.csv             one row per epoch
         done                    written last (see below)
     dissect/<network>/          one dissection per network (trained, or random-<model>[-s<seed>])
@@ -43,6 +44,7 @@ DONE = "done"
 LOCK = ".lock"
 MANIFEST = "manifest.json"
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_NEXT = "checkpoint.next.pt"  # a stack's next checkpoint, before every network of the stack has one
 METRICS_CSV = "metrics.csv"
 PARAMS_YAML = "params.yaml"
 REPORT = "report.html"

@@ -29,3 +29,12 @@ def default_probe_world(tmp_path_factory):
 
     params = replace(PROFILES["default"], train_per_class=1, val_per_class=1)
     return generate(params, tmp_path_factory.mktemp("worlds") / "default-probe", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, tiny_world):
+    """A 4-stage teacher (resnet18_w8) trained 2 epochs on the tiny world, once per test session: its
+    checkpoint path. Read-only for tests."""
+    from train_helpers import trained_teacher
+
+    return trained_teacher(tmp_path_factory.getbasetemp() / "shared-teacher", tiny_world)

@@ -3,8 +3,9 @@ tallies, bit for bit, of commit 6ddbd16 (the commit before it).
 
 ``tests/data/reference_6ddbd16.json`` holds the SHA-256 digests of every trained network's weights and
 every dissected layer's counts, made by running commit 6ddbd16's own ``python -m kdlib.runs`` on
-``params/default.yaml`` with ``world: {profile: tiny}``, 3 epochs (milestone at 2), batch 32, dissection
-batch 16, one torch thread (results depend on the thread count), and hashing the run folder with
+that commit's ``params/default.yaml`` (its runs are written out below) with ``world: {profile: tiny}``, 3 epochs (milestone at 2), batch 32, dissection
+batch 16, that commit's training pipeline (set explicitly below: the default params have moved to the
+fast path), one torch thread (results depend on the thread count), and hashing the run folder with
 :func:`folder_digests` below. Network names then had no seed suffix (``kd``, ``random-resnet18_w8``).
 """
 
@@ -27,6 +28,21 @@ REFERENCE = Path(__file__).parent / "data" / "reference_6ddbd16.json"
 TALLY_KEYS = ("thresholds", "intersection", "activation_cat", "unit_area", "truth", "top_images", "top_values")
 
 
+# The runs of params/default.yaml at 6ddbd16 (the default study has since gained the LS teacher and
+# kd_from_ls, and kd_fixed_perm moved to params/extended.yaml)
+_KD = [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "temperature": 1.0}]
+LEGACY_TEACHERS = [{"name": "teacher", "model": "resnet34_w16", "loss": [{"name": "ce", "weight": 1.0}]}]
+LEGACY_STUDENTS = [
+    {"name": "scratch", "model": "resnet18_w8", "loss": [{"name": "ce", "weight": 1.0}]},
+    {"name": "ls", "model": "resnet18_w8", "loss": [{"name": "ls", "weight": 1.0, "epsilon": 0.1}]},
+    {"name": "kd", "model": "resnet18_w8", "teacher": {"run": "teacher"}, "loss": _KD},
+    {"name": "kd_permuted", "model": "resnet18_w8", "teacher": {"run": "teacher"},
+     "loss": [_KD[0], {"name": "kd_permuted", "weight": 0.5, "temperature": 1.0}]},
+    {"name": "kd_fixed_perm", "model": "resnet18_w8", "teacher": {"run": "teacher"},
+     "loss": [_KD[0], {"name": "kd_fixed_perm", "weight": 0.5, "temperature": 1.0}]},
+]
+
+
 def folder_digests(runs: Path, dissect: Path) -> dict:
     """Digests of ``runs/*/checkpoint.pt`` weights and ``dissect/*/dissect_<layer>.pt`` counts."""
     out: dict[str, dict] = {"weights": {}, "tallies": {}}
@@ -46,8 +62,12 @@ def _old_name(network: str) -> str:
 @pytest.mark.slow
 def test_default_params_on_the_tiny_world_match_commit_6ddbd16(tmp_path):
     params = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
+    params.update(seeds=[0], teachers=LEGACY_TEACHERS, students=LEGACY_STUDENTS)  # 6ddbd16's study, one seed
     params["world"] = {"profile": "tiny"}
     params["train"].update(epochs=3, batch_size=32, schedule={"name": "multistep", "milestones": [2], "gamma": 0.1})
+    # the pipeline of 6ddbd16, explicitly: DataLoader with PIL transforms, float32 student in the default
+    # memory format, every network alone, one thread (the default params use the fast path)
+    params["train"].update(batches="loader", amp=False, channels_last=False, stack=1, threads=1, teacher_amp=True)
     params["dissect"]["batch_size"] = 16
     params.update(data_root=str(tmp_path / "data"), output_root=str(tmp_path / "outputs"))
     path = tmp_path / "default_tiny.yaml"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -27,15 +28,15 @@ from kdlib.data.transforms import eval_transform
 from kdlib.train.step import evaluate
 
 from kdlib.layout import StudyFolder
-from train_helpers import fit_named, run_folder, study, study_file, trained_teacher
+from train_helpers import fit_named, run_folder, study, study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = {"name": "scratch", "model": "resnet8_w8"}
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, tiny_world):
-    return trained_teacher(tmp_path_factory.getbasetemp() / "shared-teacher", tiny_world)
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 def kd_permuted(teacher: Path, name: str = "kdp") -> dict:
@@ -72,11 +73,13 @@ def test_run_folder_layout_and_last_epoch_weights(tiny_world, tmp_path):
     model, state = load_model(folder, model="resnet8_w8", num_classes=6)
     assert state["epoch"] == 2 and not model.training
     val = IndexedSplit(tiny_world, "val", eval_transform(24))
-    assert evaluate(model, eval_loader(val, 16, 0, False), torch.device("cpu"))[1] == pytest.approx(result.val_acc)
+    ((_, val_acc),) = evaluate(model, [(x, y) for x, y, _ in eval_loader(val, 16, 0, False)], torch.device("cpu"))
+    assert val_acc == pytest.approx(result.val_acc)
     again = fit_named(s, "scratch")  # finished: returned as it is, nothing retrained
     assert again == result and same_weights(weights(folder / "checkpoint.pt"), state["model_state"])
 
 
+@pytest.mark.slow
 def test_same_params_same_weights_other_seed_other_weights(tiny_world, tmp_path, teacher):
     runs = []
     for name, seed_dir in (("a", "one"), ("b", "two")):
@@ -94,31 +97,73 @@ def _cli(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kdlib.train", *args], cwd=ROOT, capture_output=True, text=True, **kw)
 
 
-def test_killed_run_resumes_to_identical_weights(tiny_world, tmp_path, teacher):
-    student = kd_permuted(teacher)
-    params = study_file(tmp_path, tiny_world, [student], epochs=4, batch_size=8)
-    done = _cli(str(params), "--quiet", "--out", str(tmp_path / "whole"))
-    assert done.returncode == 0, done.stderr
-
-    folder = tmp_path / "killed" / "runs" / "kdp-s0"
-    proc = subprocess.Popen([sys.executable, "-m", "kdlib.train", str(params), "--quiet", "--out", str(tmp_path / "killed")],
+def _kill_at(params: Path, out: Path, seconds: float) -> bool:
+    """Start the CLI, SIGKILL it after ``seconds``; True if it was still running (the kill interrupted it)."""
+    proc = subprocess.Popen([sys.executable, "-m", "kdlib.train", str(params), "--quiet", "--out", str(out), "--jobs", "2"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (folder / "metrics.csv").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)  # mid-run, right after epoch 1 was saved
-    proc.wait()
-    state = ckpt.load(folder / "checkpoint.pt")
-    assert not (folder / "done").exists() and 1 <= state["epoch"] < 4, "the kill must interrupt the run"
-
-    resumed = _cli(str(params), "--quiet", "--out", str(tmp_path / "killed"))
-    assert resumed.returncode == 0, resumed.stderr
-    result = json.loads((folder / "done").read_text())
-    assert result["resumed_from"] == state["epoch"]
-    assert same_weights(weights(folder / "checkpoint.pt"), weights(tmp_path / "whole" / "runs" / "kdp-s0" / "checkpoint.pt"))
-    assert rows(folder / "metrics.csv") == rows(tmp_path / "whole" / "runs" / "kdp-s0" / "metrics.csv")
+    try:
+        proc.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
 
 
+@pytest.mark.slow
+def test_runs_killed_at_random_moments_resume_to_identical_weights(tiny_world, tmp_path, teacher):
+    """Two training processes (a stack of two students, and one student alone) killed twice at
+    random moments of the run (start-up, an epoch, a checkpoint being saved: wherever the draw lands),
+    resumed each time; the end is the uninterrupted run's weights and metrics, bit for bit. A killed
+    parent takes its training processes with it: a survivor would hold its run folder's lock and make
+    the next attempt fail."""
+    students = [kd_permuted(teacher), dict(SCRATCH, name="scratch"), {"name": "ls", "model": "resnet8_w8", "loss": [{"name": "ls"}]}]
+    params = study_file(tmp_path, tiny_world, students, epochs=3, batch_size=8, stack=2)
+    began = time.perf_counter()
+    whole = _cli(str(params), "--quiet", "--out", str(tmp_path / "whole"), "--jobs", "2")
+    duration = time.perf_counter() - began
+    assert whole.returncode == 0, whole.stderr
+    moments = [random.uniform(0.2, 0.8) * duration for _ in range(2)]
+    interrupted = [_kill_at(params, tmp_path / "killed", m) for m in moments]
+    assert any(interrupted), f"no kill interrupted the run (moments {moments}, whole run {duration:.1f} s)"
+    resumed = _cli(str(params), "--quiet", "--out", str(tmp_path / "killed"), "--jobs", "2")
+    assert resumed.returncode == 0, f"moments {moments}: {resumed.stderr}"
+    for key in ("kdp-s0", "scratch-s0", "ls-s0"):
+        a, b = tmp_path / "killed" / "runs" / key, tmp_path / "whole" / "runs" / key
+        assert same_weights(weights(a / "checkpoint.pt"), weights(b / "checkpoint.pt")), f"{key}, moments {moments}"
+        assert rows(a / "metrics.csv") == rows(b / "metrics.csv")
+        assert not (a / "checkpoint.next.pt").exists()
+
+
+@pytest.mark.slow
+def test_processes_train_the_same_weights_as_one_process(tiny_world, tmp_path, teacher):
+    from kdlib.train import fit_study
+
+    students = [kd_permuted(teacher), dict(SCRATCH, name="scratch")]
+    results = {}
+    for jobs in (1, 2):
+        s = study(tmp_path / str(jobs), tiny_world, students, epochs=1)
+        results[jobs] = fit_study(s, StudyFolder.for_study(s), progress=False, jobs=jobs)
+    assert [r.name for r in results[1]] == [r.name for r in results[2]] == ["kdp-s0", "scratch-s0"]
+    for a, b in zip(results[1], results[2]):
+        assert same_weights(weights(Path(a.checkpoint)), weights(Path(b.checkpoint))) and a.val_acc == b.val_acc
+
+
+@pytest.mark.slow
+def test_a_failing_training_process_is_one_line(tiny_world, tmp_path):
+    """A training process that stops with a KdlibError (here: a loss weighted 1e30 overflows after the
+    first step) makes fit_study stop with that one line; the other process is stopped too."""
+    from kdlib.train import fit_study
+
+    huge = {"model": "resnet8_w8", "loss": [{"name": "ce", "weight": 1.0e30}]}
+    s = study(tmp_path, tiny_world, [dict(huge, name="a"), dict(huge, name="b")], epochs=1)
+    with pytest.raises(KdlibError) as e:
+        fit_study(s, StudyFolder.for_study(s), progress=False, jobs=2)
+    assert "valid: a finite loss (lower the learning rate or a loss weight)" in str(e.value)
+    assert str(e.value).startswith(f"{s.source}: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
 def test_cli_trains_teacher_then_student_and_reports_errors_in_one_line(tiny_world, tmp_path):
     params = study_file(tmp_path, tiny_world, [{"name": "kd", "model": "resnet8_w8", "teacher": {"run": "teacher"},
                                                "loss": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5}]}],
@@ -161,6 +206,44 @@ def test_bad_runs_fail_before_training(tiny_world, tmp_path, student, train, mes
     with pytest.raises(KdlibError) as e:
         fit_named(s, "s")
     assert message.split(";")[0].split(": ", 1)[-1] in str(e.value)
+
+
+def _copy_world(world: Path, to: Path, rename_val: bool = False, empty_train: bool = False) -> Path:
+    import shutil
+
+    shutil.copytree(world / "imagefolder", to / "imagefolder")
+    if rename_val:
+        first = sorted((to / "imagefolder" / "val").iterdir())[0]
+        first.rename(first.with_name("99_unknown"))
+    if empty_train:
+        shutil.rmtree(to / "imagefolder" / "train")
+        (to / "imagefolder" / "train").mkdir()
+    return to / "imagefolder"
+
+
+def test_documented_training_errors_are_one_line(tiny_world, tmp_path, monkeypatch):
+    """README and docstrings promise one line for each of these; each names the bad value."""
+    def fails(s, message):
+        with pytest.raises(KdlibError) as e:
+            fit_named(s, "s")
+        assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+    with pytest.raises(KdlibError) as e:
+        study(tmp_path / "w", tiny_world, [{"name": "s", "model": "resnet8_w8", "loss": [{"name": "ce", "weight": -1.0}]}])
+    assert str(e.value).endswith(": students[0].loss[0].weight = -1.0 is not valid; valid: a finite number >= 0")
+    plain = [{"name": "s", "model": "resnet8_w8"}]
+    if not torch.cuda.is_available():
+        fails(study(tmp_path / "cuda", tiny_world, plain, device="cuda"),
+              "s.train.device = 'cuda' but CUDA is not available here; valid: auto or cpu")
+    fails(study(tmp_path / "none", tmp_path / "no-such-world", plain),
+          f"data.imagefolder = {str(tmp_path / 'no-such-world')!r} does not exist; valid: a folder with train/ and val/")
+    renamed = _copy_world(tiny_world, tmp_path / "renamed", rename_val=True)
+    fails(study(tmp_path / "r", renamed, plain), f"{renamed}/val has classes ")
+    fails(study(tmp_path / "r", renamed, plain), f"valid: the same class folders as {renamed}/train")
+    empty = _copy_world(tiny_world, tmp_path / "empty", empty_train=True)
+    fails(study(tmp_path / "e", empty, plain), f"split folder {str(empty / 'train')!r} has no class folders; valid: ")
+    monkeypatch.setattr("kdlib.data.tensors.MAX_BYTES", 1000)
+    fails(study(tmp_path / "big", tiny_world, plain), "GiB in memory; valid: train.batches: loader for data this large")
 
 
 def test_a_layer_the_model_lacks(tiny_world, tmp_path, teacher):
@@ -228,6 +311,29 @@ class _NanFrom(LossTerm):
 
 if "test_nan" not in LOSSES:
     LOSSES.add("test_nan", _NanFrom)
+
+
+class _Threads(LossTerm):
+    """Test-only: cross-entropy that records torch's thread count at every step."""
+
+    seen: list = []
+
+    def forward(self, io):
+        _Threads.seen.append(torch.get_num_threads())
+        return torch.nn.functional.cross_entropy(io.logits, io.targets)
+
+
+if "test_threads" not in LOSSES:
+    LOSSES.add("test_threads", _Threads)
+
+
+def test_training_runs_at_the_params_thread_count(tiny_world, tmp_path):
+    before = torch.get_num_threads()
+    _Threads.seen.clear()
+    s = study(tmp_path, tiny_world, [{"name": "s", "model": "resnet8_w8", "loss": [{"name": "test_threads"}]}],
+              threads=before + 1, epochs=1)
+    fit_named(s, "s")
+    assert set(_Threads.seen) == {before + 1} and torch.get_num_threads() == before
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny_world, tmp_path):

@@ -8,14 +8,10 @@ import torch
 from torch.utils.data import default_collate
 
 from kdlib.data.transforms import eval_transform
-from kdlib.losses import SetupContext, build_objective
-from kdlib.models import build
 from kdlib.registry import LOSSES
-from kdlib.train import fit, load_model
 from kdlib.data.splits import IndexedSplit
-from kdlib.train.step import Forwarder
 
-from train_helpers import fit_named, study, trained_teacher
+from train_helpers import fit_named, session_for, study
 
 METHODS = {
     "ce": {},
@@ -35,8 +31,8 @@ STAGED = {"ft": {}, "sskd": {}, "fitnet": {"hint_epochs": 1}}
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, tiny_world):
-    return trained_teacher(tmp_path_factory.getbasetemp() / "shared-teacher", tiny_world)
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")
@@ -49,31 +45,27 @@ def test_every_registered_method_is_covered():
     assert set(METHODS) == {n for n in LOSSES.names() if not n.startswith("test_")}  # test_*: test-only terms
 
 
-def _setup(name, options, teacher_path, data):
-    torch.manual_seed(0)
-    student = build("resnet18_w8", 6)
-    teacher, _ = load_model(teacher_path)
-    teacher.requires_grad_(False)
-    objective = build_objective([{"name": name, **options}])
-    objective.setup(SetupContext(student=student, teacher=teacher, num_classes=6, image_size=24,
-                                 train_targets=data.targets, seed=0))
-    return student, teacher, objective
+def _session(name, options, teacher_path, tiny_world, tmp_path):
+    """A session for one resnet18_w8 student with term ``name`` (float32, default memory format)."""
+    s = study(tmp_path, tiny_world, [{"name": name, "model": "resnet18_w8", "teacher": {"checkpoint": str(teacher_path)},
+                                       "loss": [{"name": name, **options}]}], amp=False, channels_last=False)
+    return session_for(s, name, teacher_path)[0]
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_method_loss_goes_down(name, teacher, batch):
-    data, (images, targets, indices) = batch
-    student, teacher_model, objective = _setup(name, METHODS[name], teacher, data)
-    params = [p for p in list(student.parameters()) + list(objective.parameters()) if p.requires_grad]
+def test_method_loss_goes_down(name, teacher, batch, tiny_world, tmp_path):
+    _, (images, targets, indices) = batch
+    session = _session(name, METHODS[name], teacher, tiny_world, tmp_path)
+    objective = session.members[0].objective
+    params = [p for p in list(session.network.parameters()) + list(objective.parameters()) if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9)
-    student.train()
-    fw = Forwarder(student, teacher_model if objective.needs_teacher else None, objective.student_layers(),
-                   objective.teacher_layers(), objective.views, torch.device("cpu"))
+    session.network.train()
     values = []
-    with fw:
+    with session:
         for step in range(10):
             torch.manual_seed(123)  # the same draws each step (kd_permuted, crd negatives): a fixed objective
-            loss, _ = objective(fw(images, targets, indices, step=step))
+            (io,) = session.forwarder(images, targets, indices, step=step)
+            loss, _ = objective(io)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -83,21 +75,22 @@ def test_method_loss_goes_down(name, teacher, batch):
 
 
 @pytest.mark.parametrize("name", sorted(STAGED))
-def test_stage_loss_goes_down(name, teacher, batch):
-    data, (images, targets, indices) = batch
-    student, teacher_model, objective = _setup(name, {**METHODS[name], **STAGED[name]}, teacher, data)
-    (stage,) = objective.stages()
+def test_stage_loss_goes_down(name, teacher, batch, tiny_world, tmp_path):
+    _, (images, targets, indices) = batch
+    session = _session(name, {**METHODS[name], **STAGED[name]}, teacher, tiny_world, tmp_path)
+    (stage,) = session.members[0].objective.stages()
     for p in stage.params:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(stage.params, lr=1e-3)
     for module in stage.train_modules:
         module.train()
-    fw = Forwarder(student if stage.uses_student else None, teacher_model, stage.student_layers, stage.teacher_layers,
-                   stage.views, torch.device("cpu"))
+    fw = session.forwarder_for(session.network if stage.uses_student else None, [session.members[0].objective],
+                               stage.views, stage.student_layers, stage.teacher_layers)
     values = []
     with fw:
         for step in range(10):
-            loss = stage.loss(fw(images, targets, indices, step=step))
+            (io,) = fw(images, targets, indices, step=step)
+            loss = stage.loss(io)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

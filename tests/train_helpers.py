@@ -57,3 +57,23 @@ def trained_teacher(base: Path, world: Path) -> Path:
     (a finished run folder is returned as it is)."""
     s = study(base / "teacher-study", world, [], teacher={"name": "teacher", "model": "resnet18_w8"})
     return Path(fit_named(s, "teacher").checkpoint)
+
+
+def session_for(s: StudyParams, name: str, teacher: Path | None = None, progress: bool = False):
+    """The :class:`~kdlib.train.TrainingSession` ``fit`` would build for run ``name`` of ``s`` at its first
+    seed, distilling from checkpoint ``teacher``; and the splits it reads."""
+    import torch
+
+    from kdlib.data.splits import load_splits
+    from kdlib.train.fit import load_teacher
+    from kdlib.train.session import NetworkSpec, TrainingSession
+
+    inst = s.instances([name])[0]
+    train = s.train_for(inst.run)
+    splits = load_splits(s, train)
+    device = torch.device("cpu")
+    teachers = {}
+    if teacher is not None:
+        teachers["teacher"] = load_teacher(teacher, len(splits.classes), device, train, name)[0]
+    spec = NetworkSpec(inst.key, inst.run, inst.seed, "teacher" if teacher is not None else None, name)
+    return TrainingSession(train, splits, [spec], teachers, device, progress=progress), splits

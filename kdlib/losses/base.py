@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from kdlib.errors import KdlibError
+from kdlib.models.nethook import capture_layers
 
 IODict = dict  # torchdistill's layout: {module_path: {"output": tensor}}
 
@@ -78,20 +79,17 @@ class SetupContext:
         name = self.student_name if role == "student" else self.teacher_name
         if model is None:
             raise KdlibError(f"{where} needs a teacher; valid: set the run's teacher: {{run: ...}} or {{checkpoint: ...}}")
-        module = find_layer(model, path, f"{where} ({role} {name})")
-        captured = []
-        handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
+        find_layer(model, path, f"{where} ({role} {name})")
         was_training = model.training
         try:
             model.eval()
             param = next(model.parameters())
             probe = torch.zeros(1, 3, self.image_size, self.image_size, device=param.device, dtype=param.dtype)
-            with torch.no_grad():
+            with torch.no_grad(), capture_layers(model, [path], require_4d=False) as captured:
                 model(probe)
+                return captured[path].shape[1:]
         finally:
-            handle.remove()
             model.train(was_training)
-        return captured[0].shape[1:]
 
 
 @dataclass
@@ -140,7 +138,12 @@ class LossTerm(nn.Module):
             ctx.output_shape("teacher", path, self.where)
 
     def stages(self) -> list[Stage]:
+        """The term's extra stages (after :meth:`setup`)."""
         return []
+
+    def has_stages(self) -> bool:
+        """Whether :meth:`stages` will give any, known from the options alone (before set-up)."""
+        return False
 
     def forward(self, io: StepIO) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

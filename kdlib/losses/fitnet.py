@@ -57,6 +57,9 @@ class FitNet(PairedLayerTerm):
         guided = self.regressor(io.student_io[self.layer]["output"])
         return F.mse_loss(guided, hint, reduction=self.reduction)
 
+    def has_stages(self) -> bool:
+        return self.hint_epochs > 0
+
     def stages(self) -> list[Stage]:
         if self.hint_epochs == 0:
             return []

@@ -57,6 +57,9 @@ class FactorTransfer(PairedLayerTerm):
         finally:
             self.paraphraser.uses_decoder = False
 
+    def has_stages(self) -> bool:
+        return True
+
     def stages(self) -> list[Stage]:
         return [
             Stage(

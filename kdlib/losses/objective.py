@@ -78,6 +78,11 @@ class Objective(nn.Module):
     def stages(self) -> list[Stage]:
         return [s for t in self.terms for s in t.stages()]
 
+    @property
+    def has_stages(self) -> bool:
+        """Whether any term has a pre-training stage (known before set-up)."""
+        return any(t.has_stages() for t in self.terms)
+
     def forward(self, io: StepIO) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         values = {}
         total = None

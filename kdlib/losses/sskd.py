@@ -73,6 +73,9 @@ class SelfSupervisedKD(PairedLayerTerm):
     def _head_loss(self, io: StepIO):
         return self.aux_loss({}, {"head": {"output": self.teacher_head(self._teacher_features(io))}})
 
+    def has_stages(self) -> bool:
+        return True
+
     def stages(self) -> list[Stage]:
         e = self.teacher_head_epochs
         return [

@@ -6,6 +6,10 @@
         model(images)
         feats = captured["layer4"]        # [B, C, H, W], detached
 
+``detach=False`` keeps the autograd graph (a feature-distillation loss backpropagates through the
+captured tensor); :meth:`Capture.io_dict` gives torchdistill's layout ``{path: {"output": tensor}}``,
+which its losses read. One mechanism serves dissection, the training step and the loss terms' set-up.
+
 Hooks are removed when the ``with`` block ends, also when it ends with an error. Nothing is kept in
 module globals: each :class:`Capture` owns its tensors.
 
@@ -37,7 +41,7 @@ def layer_names(model: nn.Module) -> list[str]:
 class Capture(Mapping[str, torch.Tensor]):
     """The outputs of the hooked layers from the most recent forward pass (read-only mapping)."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str], clone: bool, require_4d: bool):
+    def __init__(self, model: nn.Module, names: Sequence[str], clone: bool, require_4d: bool, detach: bool = True):
         modules = dict(model.named_modules())
         names = list(names)
         if not names:
@@ -53,6 +57,7 @@ class Capture(Mapping[str, torch.Tensor]):
         self.names = names
         self.clone = clone
         self.require_4d = require_4d
+        self.detach = detach
         self._model = model
         self._modules = {n: modules[n] for n in names}
         self._tensors: dict[str, torch.Tensor] = {}
@@ -90,7 +95,7 @@ class Capture(Mapping[str, torch.Tensor]):
                     f"layer {name!r} output has shape {tuple(output.shape)}; "
                     "valid: a convolutional layer with 4-D output [batch, units, height, width]"
                 )
-            out = output.detach()
+            out = output.detach() if self.detach else output
             if self.clone:
                 out = out.clone()
             self._tensors[name] = out
@@ -118,6 +123,11 @@ class Capture(Mapping[str, torch.Tensor]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
 
+    def io_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The last forward's outputs in torchdistill's layout, ``{path: {"output": tensor}}``, for every
+        captured layer that ran."""
+        return {name: {"output": self[name]} for name in self.names if name in self._tensors}
+
     def __len__(self) -> int:
         return len(self.names)
 
@@ -126,14 +136,16 @@ class capture_layers:
     """Context manager: hook ``names`` of ``model``; yields a :class:`Capture` mapping name -> output.
 
     ``clone=True`` copies each output inside the hook (safe against later in-place ops);
-    ``require_4d=True`` (the default) refuses outputs that are not ``[batch, units, height, width]``.
+    ``require_4d=True`` (the default) refuses outputs that are not ``[batch, units, height, width]``;
+    ``detach=False`` keeps the outputs in the autograd graph (for losses on features).
     Unknown names raise :class:`~kdlib.errors.KdlibError` listing the model's layers.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str] | str, clone: bool = False, require_4d: bool = True):
+    def __init__(self, model: nn.Module, names: Sequence[str] | str, clone: bool = False, require_4d: bool = True,
+                 detach: bool = True):
         if isinstance(names, str):
             names = [names]
-        self.capture = Capture(model, names, clone=clone, require_4d=require_4d)
+        self.capture = Capture(model, names, clone=clone, require_4d=require_4d, detach=detach)
 
     def __enter__(self) -> Capture:
         self.capture._attach()

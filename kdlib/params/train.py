@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from kdlib.errors import KdlibError
 from kdlib.params.validate import check_plain_name, knob
@@ -29,12 +29,22 @@ class ScheduleParams:
     milestones: list[int] = knob(default_factory=lambda: [30, 45, 55], doc="epochs after which the lr drops")
     gamma: float = knob(0.1, gt=0.0, le=1.0)
     warmup_epochs: int = knob(0, ge=0)
+    per_step: bool = knob(False, doc="evaluate the schedule at every step (fractional epochs), not once per epoch")
 
 
 @dataclass(frozen=True)
 class TrainParams:
     """Sizes are bounded (epochs, batch, image size, workers) so that a typo fails at once instead of
-    allocating until the machine runs out of memory."""
+    allocating until the machine runs out of memory.
+
+    ``batches``: ``memory`` holds the training images as one uint8 tensor and augments whole batches
+    with tensor ops (the fast path); ``loader`` decodes PIL images through a ``DataLoader`` with
+    torchvision transforms (kdlib 0.1's pipeline, and the one for data too large to hold in memory).
+    ``threads`` is the number of torch threads a training uses: results depend on it (float sums are
+    split differently), so it is a param, not a property of the machine. ``stack``: up to this many
+    students of one seed that share the architecture and this train section are trained as one stacked
+    network (:mod:`kdlib.models.stacked`); 1 trains every network alone.
+    """
 
     epochs: int = knob(60, ge=1, le=10_000)
     batch_size: int = knob(128, ge=1, le=65_536)
@@ -47,7 +57,10 @@ class TrainParams:
     teacher_amp: bool = knob(False, doc="teacher forward in bfloat16 (CPU) / float16 (CUDA): soft targets change by rounding")
     deterministic: bool = knob(True, doc="torch.use_deterministic_algorithms (warn only) and no cudnn autotuning")
     cache_images: bool = knob(True, doc="decode the training images once and keep them in memory")
-    num_workers: int = knob(0, ge=0, le=64)
+    num_workers: int = knob(0, ge=0, le=64, doc="DataLoader workers (batches: loader only)")
+    batches: Literal["memory", "loader"] = knob("memory", doc="memory: uint8 tensor + batch augmentation; loader: DataLoader")
+    threads: int = knob(1, ge=1, le=256, doc="torch intra-op threads of a training (results depend on it)")
+    stack: int = knob(1, ge=1, le=16, doc="students of one seed trained as one stacked network, at most")
     device: str = knob("auto", doc="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
 
     def __post_init__(self) -> None:

@@ -1,7 +1,8 @@
 """``python -m kdlib.train PARAMS.yaml [--run NAME ...] [--out DIR]``: train a study's teachers and students.
 
-Networks go in order: teachers first, then each student at each of the study's seeds. Every selected
-run is checked before any trains; a finished network is skipped, an interrupted one resumes from its
+Networks go in order: teachers first, then each student at each of the study's seeds, in up to
+``--jobs`` processes at once, students stacked as ``train.stack`` says (:mod:`kdlib.train.plan`). Every
+selected run is checked before any trains; a finished network is skipped, an interrupted one resumes from its
 last checkpoint. ``--out`` is the study's run folder (default ``<output_root>/<run id>``, the same folder
 ``python -m kdlib.runs`` uses, so either command reuses the other's trainings); see :mod:`kdlib.layout`.
 """
@@ -13,7 +14,7 @@ import argparse
 from kdlib.errors import KdlibError, cli_main
 from kdlib.layout import StudyFolder
 from kdlib.params import load_study
-from kdlib.train.fit import fit_study
+from kdlib.train.plan import fit_study
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("params", help="study params YAML, e.g. params/tiny.yaml")
     p.add_argument("--run", action="append", default=None, metavar="NAME", help="train only this run (repeatable)")
     p.add_argument("--out", default=None, help="the study's run folder (default: <output_root>/<run id>)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="training processes at once (default: cores / train.threads); results do not depend on it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         study.run(name)  # an unknown --run name: one line listing the study's runs
     folder = StudyFolder.for_study(study, args.out)
     print(f"training {', '.join(i.key for i in study.instances(names))} into {folder.runs}")
-    for result in fit_study(study, folder, names, progress=not args.quiet):
+    for result in fit_study(study, folder, names, progress=not args.quiet, jobs=args.jobs):
         test = "-" if result.test_acc is None else f"{result.test_acc:.4f}"
         print(f"{result.name}: epoch {result.epoch}, train acc {result.train_acc:.4f}, val acc {result.val_acc:.4f}, "
               f"test acc {test}, {result.seconds:.1f} s -> {result.run_dir}")

@@ -75,3 +75,50 @@ def deterministic(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.benchmark = before[2]
         fill.fill_uninitialized_memory = before[3]
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` for the block (``train.threads``), then restored.
+
+    Results depend on it (a reduction split over more threads sums in another order), so training sets
+    it from params instead of taking whatever the machine or ``OMP_NUM_THREADS`` gives."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _get_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+class RandomStream:
+    """A private random stream for code that draws from torch's global generator (a loss term's
+    ``torch.rand``): ``with stream:`` swaps it in for the block and keeps where it got to.
+
+    Each network of a stacked session draws its loss randomness from its own stream, seeded from its own
+    seed and epoch, so its draws do not depend on which other networks share the session."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.device = device
+        self.state = torch.Generator(device=device).manual_seed(seed).get_state()
+        self._saved: list[torch.Tensor] = []
+
+    def __enter__(self) -> "RandomStream":
+        self._saved.append(_get_state(self.device))
+        _set_state(self.device, self.state)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.state = _get_state(self.device)
+        _set_state(self.device, self._saved.pop())

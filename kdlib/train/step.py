@@ -1,19 +1,24 @@
-"""One forward step: frozen teacher and student with forward hooks on named layers, packed as a ``StepIO``.
+"""One forward step of a session: frozen teachers, then the student network, with named layers captured,
+packed as one :class:`~kdlib.losses.StepIO` per network of the session.
 
-Layers are captured with torchdistill's ``ForwardHookManager`` (``io_dict[path]["output"]``) inside a
-context manager that always removes its hooks. The teacher runs in eval mode under ``no_grad``.
+Layers are captured with :func:`kdlib.models.nethook.capture_layers` (the student's with the autograd
+graph kept, for feature losses) in torchdistill's layout ``{path: {"output": tensor}}``, which its losses
+read unchanged. A stacked student (:class:`kdlib.models.stacked.StackedNetwork`) gives ``[B, G, K]``
+logits and member-major layer outputs; network ``g`` of the session sees its own slice of each. Each
+teacher runs once per batch, in eval mode under ``no_grad``, however many networks distil from it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
-from torchdistill.core.forward_hook import ForwardHookManager
 
 from kdlib.losses.base import StepIO
+from kdlib.models.nethook import capture_layers
+from kdlib.models.stacked import StackedNetwork, member_slices
 
 
 def rotations(images: torch.Tensor) -> torch.Tensor:
@@ -32,85 +37,108 @@ def _float32(io: dict) -> dict:
     return {p: {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in d.items()} for p, d in io.items()}
 
 
+def _capture(model: Optional[nn.Module], layers: Sequence[str], keep_graph: bool):
+    if model is None or not layers:
+        return contextlib.nullcontext(None)
+    return capture_layers(model, list(layers), require_4d=False, detach=not keep_graph)
+
+
+def member_logits(out: torch.Tensor, members: int) -> list[torch.Tensor]:
+    """Per-network logits of a forward: ``[B, G, K]`` from a stack, ``[B, K]`` from one network."""
+    return [out] if members == 1 and out.dim() == 2 else list(out.unbind(1))
+
+
 class Forwarder:
-    """``with Forwarder(...) as fw: io = fw(images, targets, indices)``: runs the models, returns a StepIO."""
+    """``with Forwarder(...) as fw: ios = fw(images, targets, indices)``: one StepIO per network.
+
+    ``member_teachers[g]`` names the teacher (a key of ``teachers``) network ``g`` distils from, or None;
+    ``teacher_layers`` maps each teacher to the paths captured from it."""
 
     def __init__(
-        self, student: Optional[nn.Module], teacher: Optional[nn.Module], student_layers: Sequence[str],
-        teacher_layers: Sequence[str], views: int, device: torch.device, amp: bool = False,
-        channels_last: bool = False, teacher_amp: bool = False, teacher_channels_last: bool = False,
+        self, student: Optional[nn.Module], teachers: Mapping[str, nn.Module], member_teachers: Sequence[Optional[str]],
+        student_layers: Sequence[str], teacher_layers: Mapping[str, Sequence[str]], views: int, device: torch.device,
+        amp: bool = False, channels_last: bool = False, teacher_amp: bool = False, teacher_channels_last: bool = False,
     ):
-        self.student, self.teacher = student, teacher
+        self.student, self.member_teachers = student, list(member_teachers)
+        used = {t for t in self.member_teachers if t is not None}
+        self.teachers = {k: m for k, m in teachers.items() if k in used}
         self.student_layers = list(student_layers) if student is not None else []
-        self.teacher_layers = list(teacher_layers) if teacher is not None else []
+        self.teacher_layers = {k: list(teacher_layers.get(k, ())) for k in self.teachers}
         self.views, self.device, self.amp, self.channels_last = views, device, amp, channels_last
         self.teacher_amp, self.teacher_channels_last = teacher_amp, teacher_channels_last
-        self._hooks: list[ForwardHookManager] = []
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def members(self) -> int:
+        return len(self.member_teachers)
 
     def __enter__(self) -> "Forwarder":
-        self.student_hooks = ForwardHookManager(self.device)
-        self.teacher_hooks = ForwardHookManager(self.device)
-        self._hooks = [self.student_hooks, self.teacher_hooks]
-        try:
-            for path in self.student_layers:
-                self.student_hooks.add_hook(self.student, path, requires_input=False, requires_output=True)
-            for path in self.teacher_layers:
-                self.teacher_hooks.add_hook(self.teacher, path, requires_input=False, requires_output=True)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+        body = self.student.body if isinstance(self.student, StackedNetwork) else self.student
+        with contextlib.ExitStack() as stack:
+            self.student_capture = stack.enter_context(_capture(body, self.student_layers, keep_graph=True))
+            self.teacher_captures = {k: stack.enter_context(_capture(m, self.teacher_layers[k], keep_graph=False))
+                                     for k, m in self.teachers.items()}
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc) -> None:
-        for manager in self._hooks:
-            manager.clear()
-        self._hooks = []
+        self._stack.close()
 
-    def __call__(self, images, targets, indices, epoch: int = 0, step: int = 0) -> StepIO:
+    def _teacher(self, key: str, images: torch.Tensor):
+        fmt = torch.channels_last if self.teacher_channels_last else torch.contiguous_format
+        with torch.no_grad(), autocast(self.device, self.teacher_amp):
+            logits = self.teachers[key](images.contiguous(memory_format=fmt)).float()
+        capture = self.teacher_captures[key]
+        return logits, (_float32(capture.io_dict()) if capture is not None else {})
+
+    def _student(self, images: torch.Tensor):
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with autocast(self.device, self.amp):
+            out = self.student(images.contiguous(memory_format=fmt))
+        logits = [z.float() for z in member_logits(out, self.members)]
+        io = _float32(self.student_capture.io_dict()) if self.student_capture is not None else {}
+        per_member = [{p: {k: member_slices(v, self.members, 1)[g] for k, v in d.items()} for p, d in io.items()}
+                      for g in range(self.members)] if self.members > 1 else [io]
+        return logits, per_member
+
+    def __call__(self, images, targets, indices, epoch: int = 0, step: int = 0) -> list[StepIO]:
         images = images.to(self.device, non_blocking=True)
         if self.views == 4:
             images = rotations(images)
-        teacher_logits, teacher_io = None, {}
-        if self.teacher is not None:
-            fmt = torch.channels_last if self.teacher_channels_last else torch.contiguous_format
-            with torch.no_grad(), autocast(self.device, self.teacher_amp):
-                teacher_logits = self.teacher(images.contiguous(memory_format=fmt)).float()
-            teacher_io = _float32(self.teacher_hooks.pop_io_dict())
-        logits, student_io = None, {}
+        teacher_out = {k: self._teacher(k, images) for k in self.teachers}
+        logits, student_io = ([None] * self.members, [{}] * self.members)
         if self.student is not None:
-            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-            with autocast(self.device, self.amp):
-                logits = self.student(images.contiguous(memory_format=fmt))
-            logits = logits.float()
-            student_io = _float32(self.student_hooks.pop_io_dict())
+            logits, student_io = self._student(images)
+        targets, indices = targets.to(self.device, non_blocking=True), indices.to(self.device, non_blocking=True)
         pick = slice(None, None, self.views)
-        return StepIO(
-            logits=None if logits is None else logits[pick],
-            targets=targets.to(self.device, non_blocking=True),
-            indices=indices.to(self.device, non_blocking=True),
-            teacher_logits=None if teacher_logits is None else teacher_logits[pick],
-            student_io=student_io, teacher_io=teacher_io, views=self.views,
-            all_logits=logits, all_teacher_logits=teacher_logits, epoch=epoch, step=step,
-        )
+        ios = []
+        for g, key in enumerate(self.member_teachers):
+            t_logits, t_io = teacher_out[key] if key is not None else (None, {})
+            ios.append(StepIO(
+                logits=None if logits[g] is None else logits[g][pick], targets=targets, indices=indices,
+                teacher_logits=None if t_logits is None else t_logits[pick], student_io=student_io[g], teacher_io=t_io,
+                views=self.views, all_logits=logits[g], all_teacher_logits=t_logits, epoch=epoch, step=step,
+            ))
+        return ios
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False, channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy of ``model`` on ``loader`` (eval mode; the mode is restored)."""
+def evaluate(model: nn.Module, batches, device: torch.device, amp: bool = False, members: int = 1) -> list[tuple[float, float]]:
+    """Mean cross-entropy and top-1 accuracy of each of ``members`` networks (a stack, or one network) on
+    ``batches`` of ``(images, targets)`` (eval mode; the mode is restored)."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    sums = torch.zeros(members, 2, dtype=torch.float64, device=device)
+    count = 0
     try:
-        for images, targets, _ in loader:
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+        for images, targets in batches:
             with autocast(device, amp):
-                logits = model(images)
-            logits = logits.float()
-            loss_sum += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-            correct += (logits.argmax(1) == targets).sum().item()
+                out = model(images)
+            for g, logits in enumerate(member_logits(out, members)):
+                logits = logits.float()
+                sums[g, 0] += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").double()
+                sums[g, 1] += (logits.argmax(1) == targets).sum()
             count += targets.numel()
     finally:
         model.train(was_training)
-    return loss_sum / max(count, 1), correct / max(count, 1)
+    return [(loss / max(count, 1), correct / max(count, 1)) for loss, correct in sums.tolist()]
