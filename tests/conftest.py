@@ -27,3 +27,22 @@ def default_probe_world(tmp_path_factory):
 
     params = replace(PROFILES["default"], train_per_class=1, val_per_class=1, test_per_class=1)
     return generate(params, tmp_path_factory.mktemp("worlds") / "default-probe", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dissected(tmp_path_factory):
+    """params/tiny.yaml at one seed, trained and dissected in a temporary folder (what the unit browser
+    notebook reads): ``(params file, run folder)``."""
+    from kdlib.layout import StudyFolder
+    from kdlib.params import load_study
+    from kdlib.runs import steps
+
+    from study_helpers import tiny_params
+
+    path = tiny_params(tmp_path_factory.mktemp("tiny-dissected"), seeds=[0])
+    study = load_study(path)
+    folder = StudyFolder.for_study(study)
+    steps.world(study, folder)
+    steps.train(study, folder, progress=False)
+    steps.dissect(study, folder, progress=False)
+    return path, folder.root

@@ -2,7 +2,9 @@
 
 Each pair file is a study params file (one teacher and its students, e.g. the default students with a
 wider teacher). Every file is validated and checked before any pair starts (a bad file is one line,
-nothing runs). Then each pair runs in its own process (``python -m kdlib.runs run PAIR --quiet``), ``N``
+nothing runs). The generated worlds the pairs use are made first, one after the other, in this process:
+pairs usually share one world, and two processes generating it at once would find it locked. Then
+each pair runs in its own process (``python -m kdlib.runs run PAIR --quiet``), ``N``
 at a time, into its own run folder; a pair that fails is reported (its error line, its log) and the
 others go on; the exit status is 1 when any pair failed. Last, the batch folder
 ``<output_root>/batch-<8 hex digits of the pair files' params>/`` gets:
@@ -125,6 +127,18 @@ def _claims(pair: PairResult) -> Optional[pd.DataFrame]:
     return None if claims.empty else claims.assign(pair=pair.name)
 
 
+def make_worlds(studies: list[StudyParams], quiet: bool = False) -> list[Path]:
+    """Every distinct generated world of ``studies``, made if absent (:func:`kdlib.runs.steps.world`)."""
+    made: dict[Path, StudyParams] = {}
+    for study in studies:
+        made.setdefault(study.world_dir(), study)
+    worlds = [steps.world(study, StudyFolder.for_study(study)) for study in made.values()]
+    if not quiet:
+        for world in worlds:
+            print(f"world: {world or 'real data'}", flush=True)
+    return [w for w in worlds if w is not None]
+
+
 def run_batch(paths: list[Path], jobs: int = 1, out: Optional[str | Path] = None, force: bool = False,
               quiet: bool = False, notebooks: Optional[str] = None) -> BatchResult:
     """Run every pair (see the module docstring); the batch folder, its summary and each pair's result."""
@@ -137,6 +151,7 @@ def run_batch(paths: list[Path], jobs: int = 1, out: Optional[str | Path] = None
     results: dict[str, PairResult] = {}
     with folder_lock(folder, "batch folder"):
         (folder / "logs").mkdir(exist_ok=True)
+        make_worlds(list(studies.values()), quiet)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(run_pair, n, p, s, folder / "logs", force, notebooks): n for n, (p, s) in pairs.items()}
             for future in as_completed(futures):

@@ -78,7 +78,7 @@ def paragraph(claims: pd.DataFrame, level: float = 0.95) -> str:
     rows = claims.to_dict("records")
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ORDER}
     seeds = max((_n(r) for r in rows), default=0)
-    on = f" on up to {seeds} seeds" if seeds else ""
+    on = (f" on up to {seeds} seeds" if seeds > 1 else " on one seed") if seeds else ""
     lead = (f"Of the {len(rows)} claims judged{on} (a claim holds when the {level:.0%} interval of a - b excludes 0 "
             f"in the paper's direction), {counts['held']} held, {counts['opposite']} went the opposite way, "
             f"{counts['undecided']} are undecided" + (f" and {counts['no data']} had no data." if counts["no data"] else "."))

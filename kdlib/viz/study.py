@@ -148,6 +148,7 @@ def box_chart(long: pd.DataFrame, x: str, y: str, hue: Optional[str] = "run", ti
             box.set_alpha(0.8)
         for median in parts["medians"]:
             median.set_color("black")
+            median.set_gid("median")
         ax.plot([], [], color=colours[j], linewidth=6, label=None if h is None else str(h))
     ax.set_xticks(range(len(xs)), [str(v) for v in xs])
     ax.set_ylabel(y)
