@@ -1,7 +1,8 @@
 # kdlib: two commands do everything on a fresh machine (2 CPU cores, no GPU needed).
-#   make study   set up .venv, generate the default world, run the study (params/default.yaml)
-#   make test    set up .venv, run the test suite
-# Other targets: test-fast (the tests not marked slow, for the edit loop), setup, world, grid, benchmarks, clean.
+#   make study      set up .venv, run the study's notebooks (params/default.yaml) with papermill into
+#                   outputs/<run-id>/ and print where its report.html is
+#   make test       set up .venv, run the test suite and nbval on the committed notebooks
+# Other targets: setup, test-fast (the tests not marked slow), notebooks (regenerate the committed outputs), world, grid, benchmarks, clean.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +10,9 @@ PY     := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup study test test-fast world grid benchmarks clean
+NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: setup study test test-fast notebooks world grid benchmarks clean
 
 setup: $(STAMP)
 
@@ -22,11 +25,19 @@ $(STAMP): pyproject.toml
 world: setup
 	$(PY) -m kdlib.data.world --params $(PARAMS)
 
+# The runner prints the run folder and, last, "report: outputs/<run-id>/report.html".
 study: setup
 	$(PY) -m kdlib.runs run $(PARAMS)
 
+# The unit tests, then nbval: the notebooks re-run from scratch on the tiny profile, every printed
+# number compared with the committed outputs (tests/nbval_sanitize.cfg replaces times, paths, run ids).
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest tests notebooks $(NBVAL)
+
+# Re-execute the notebooks in place on the tiny profile, from scratch, without timestamps: the
+# committed outputs that nbval compares. An unchanged checkout regenerates them byte for byte.
+notebooks: setup
+	$(PY) -m kdlib.runs notebooks
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"

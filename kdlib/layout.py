@@ -16,12 +16,15 @@ train other networks in another)::
     tables/<name>.csv           tables
     figures/<name>.png|svg      figures
     notebooks/<NN_name>.ipynb   executed notebooks
-    report.html                 the executed report
+    report.html                 the executed report (07_report rendered by nbconvert, no code)
     done                        written last: the whole study finished
+    failed                      a run stopped on a failing notebook (which, where, why); removed by
+                                the next run that finishes
     .lock                       held while a process works in the folder (kdlib.locks)
 
 ``done`` is always JSON ``{"kind": ..., "finished": <ISO time>, ...}``; :func:`read_done` returns it,
-None when absent, and one line when the file is not such a record. Every name that becomes a path is
+None when absent, and one line when the file is not such a record. ``failed`` is the same kind of record
+(:func:`write_failed`, :func:`read_failed`, :func:`clear_failed`). Every name that becomes a path is
 a plain name (:func:`kdlib.params.check_plain_name`), and :func:`inside` checks that a path lies under
 its root, so nothing a params file or a command line says can write outside the output folder.
 """
@@ -41,6 +44,7 @@ from kdlib.errors import KdlibError
 from kdlib.params import StudyParams, check_plain_name, to_dict
 
 DONE = "done"
+FAILED = "failed"
 LOCK = ".lock"
 MANIFEST = "manifest.json"
 CHECKPOINT = "checkpoint.pt"
@@ -120,16 +124,32 @@ class StudyFolder:
         return self.root / REPORT
 
     @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
     def done(self) -> Path:
         return self.root / DONE
+
+    @property
+    def failed(self) -> Path:
+        return self.root / FAILED
+
+
+def _write_marker(path: Path, kind: str, record: dict[str, Any]) -> Path:
+    body = {"kind": kind, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+    atomic.write_text(path, json.dumps(body, indent=1, sort_keys=True, default=str) + "\n")
+    return path
 
 
 def write_done(folder: str | os.PathLike, kind: str, **record: Any) -> Path:
     """Write ``folder/done`` (atomically, last): ``{"kind": kind, "finished": <ISO time>, **record}``."""
-    path = Path(folder) / DONE
-    body = {"kind": kind, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
-    atomic.write_text(path, json.dumps(body, indent=1, sort_keys=True, default=str) + "\n")
-    return path
+    return _write_marker(Path(folder) / DONE, kind, record)
+
+
+def write_failed(folder: str | os.PathLike, kind: str, **record: Any) -> Path:
+    """Write ``folder/failed`` (atomically): the same record as :func:`write_done`, saying what stopped."""
+    return _write_marker(Path(folder) / FAILED, kind, record)
 
 
 def read_done(folder: str | os.PathLike, kind: Optional[str] = None) -> Optional[dict[str, Any]]:
@@ -137,25 +157,41 @@ def read_done(folder: str | os.PathLike, kind: Optional[str] = None) -> Optional
 
     A ``done`` that is not such a record (garbage, a folder, another kind) is one line: kdlib never
     guesses whether work it cannot read back was finished."""
-    path = Path(folder) / DONE
+    return _read_marker(Path(folder) / DONE, kind, "done")
+
+
+def read_failed(folder: str | os.PathLike, kind: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """``folder/failed`` as written by :func:`write_failed`, or None when there is none."""
+    return _read_marker(Path(folder) / FAILED, kind, "failed")
+
+
+def _read_marker(path: Path, kind: Optional[str], what: str) -> Optional[dict[str, Any]]:
     if not path.exists():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KdlibError(
-            f"{path} cannot be read as a done marker ({type(exc).__name__}); valid: a file written by kdlib, "
+            f"{path} cannot be read as a {what} marker ({type(exc).__name__}); valid: a file written by kdlib, "
             "or none (delete it to redo the step)"
         ) from None
     if not isinstance(record, dict) or "kind" not in record or (kind is not None and record["kind"] != kind):
-        want = f"a {kind!r} done marker" if kind else "a kdlib done marker"
+        want = f"a {kind!r} {what} marker" if kind else f"a kdlib {what} marker"
         raise KdlibError(f"{path} is not {want}; valid: a file written by kdlib, or none (delete it to redo the step)")
     return record
 
 
 def clear_done(folder: str | os.PathLike) -> None:
     """Remove ``folder/done`` before a step rewrites the folder's contents."""
-    path = Path(folder) / DONE
+    _clear_marker(Path(folder) / DONE, "done")
+
+
+def clear_failed(folder: str | os.PathLike) -> None:
+    """Remove ``folder/failed`` (a run that finishes clears an earlier failure)."""
+    _clear_marker(Path(folder) / FAILED, "failed")
+
+
+def _clear_marker(path: Path, what: str) -> None:
     if path.is_dir():
-        raise KdlibError(f"{path} is a folder; valid: a done file or none (remove the folder)")
+        raise KdlibError(f"{path} is a folder; valid: a {what} file or none (remove the folder)")
     path.unlink(missing_ok=True)

@@ -38,3 +38,22 @@ def tiny_teacher(tmp_path_factory, tiny_world):
     from train_helpers import trained_teacher
 
     return trained_teacher(tmp_path_factory.getbasetemp() / "shared-teacher", tiny_world)
+
+
+@pytest.fixture(scope="session")
+def tiny_dissected(tmp_path_factory):
+    """params/tiny.yaml at one seed, trained and dissected in a temporary folder (what the unit browser
+    notebook reads): ``(params file, run folder)``."""
+    from kdlib.layout import StudyFolder
+    from kdlib.params import load_study
+    from kdlib.runs import steps
+
+    from study_helpers import tiny_params
+
+    path = tiny_params(tmp_path_factory.mktemp("tiny-dissected"), seeds=[0])
+    study = load_study(path)
+    folder = StudyFolder.for_study(study)
+    steps.world(study, folder)
+    steps.train(study, folder, progress=False)
+    steps.dissect(study, folder, progress=False)
+    return path, folder.root

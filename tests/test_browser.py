@@ -104,8 +104,8 @@ def _environment(base: Path) -> dict[str, str]:
     return env
 
 
-def _prepare_notebook(folder: Path, data_dir: Path) -> Path:
-    """The notebook without outputs, its world generated into ``data_dir`` (a copy: the server may save it)."""
+def _prepare_notebook(folder: Path, params: Path, run_folder: Path) -> Path:
+    """The notebook without outputs, its parameters pointing at a dissected study (a copy: the server may save it)."""
     import nbformat
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
@@ -113,8 +113,12 @@ def _prepare_notebook(folder: Path, data_dir: Path) -> Path:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
             if "parameters" in cell.metadata.get("tags", []):
-                cell.source = cell.source.replace('data_dir = "../data"', f"data_dir = {str(data_dir)!r}")
-                assert str(data_dir) in cell.source, "the parameters cell no longer declares data_dir = \"../data\""
+                lines = cell.source.splitlines()
+                given = {"params": str(params), "run_folder": str(run_folder)}
+                lines = [f"{line.split(' = ')[0]} = {given[line.split(' = ')[0]]!r}" if line.split(" = ")[0] in given else line
+                         for line in lines]
+                cell.source = "\n".join(lines)
+                assert str(params) in cell.source and str(run_folder) in cell.source, "the parameters cell no longer declares params and run_folder"
     nb.metadata.pop("widgets", None)
     folder.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, folder / NOTEBOOK.name)
@@ -160,11 +164,12 @@ def _stop_server(process: subprocess.Popen, port: int, token: str) -> None:
 
 
 @pytest.fixture()
-def lab(browser_pieces, tmp_path):
-    """A JupyterLab server on 127.0.0.1 with a token, serving a copy of the notebook; stopped afterwards."""
+def lab(browser_pieces, tmp_path, tiny_dissected):
+    """A JupyterLab server on 127.0.0.1 with a token, serving a copy of the notebook that browses the
+    tiny study's saved dissection (``tiny_dissected``); stopped afterwards."""
     env = _environment(tmp_path / "home")
     root = tmp_path / "lab"
-    _prepare_notebook(root, tmp_path / "data")
+    _prepare_notebook(root, *tiny_dissected)
     port, token = _free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyter-lab.log"
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.port_retries=0",
@@ -255,13 +260,13 @@ def _run_all(page) -> None:
 
 
 def _first_unit(page) -> tuple[str, str, bytes]:
-    """After Run All: the browser shows unit 1 of layer2. Returns (caption, image src, image pixels)."""
+    """After Run All: the browser shows unit 1 of layer3. Returns (caption, image src, image pixels)."""
     page.wait_for_selector(f"{HANDLE}, .jp-OutputArea-output:has-text('Error displaying widget')", state="visible", timeout=90_000)
     broken = page.locator(".jp-OutputArea-output", has_text="Error displaying widget")
     assert not broken.count(), f"JupyterLab could not display a widget: {broken.first.inner_text()!r}"
     page.wait_for_function(f"({IMAGE_JS} || '').startsWith('blob:')", timeout=20_000)
     caption, image = page.evaluate(CAPTION_JS), page.evaluate(IMAGE_JS)
-    assert _unit_number(page) == 1 and caption.startswith("layer2 unit 1: ")
+    assert _unit_number(page) == 1 and caption.startswith("layer3 unit 1: ")
     assert page.locator(READOUT).inner_text().strip() == "1"
     return caption, image, page.locator(IMAGE).screenshot()
 
@@ -271,7 +276,7 @@ def _press_right(page, caption: str, image: str, pixels: bytes) -> tuple[str, st
     page.locator(HANDLE).focus()
     page.keyboard.press("ArrowRight")
     caption = _wait_for_change(page, CAPTION_JS, caption)
-    assert _unit_number(page) == 2 and caption.startswith("layer2 unit 2: ")
+    assert _unit_number(page) == 2 and caption.startswith("layer3 unit 2: ")
     assert page.locator(READOUT).inner_text().strip() == "2"
     image = _wait_for_change(page, IMAGE_JS, image)
     assert page.locator(IMAGE).screenshot() != pixels
@@ -289,9 +294,9 @@ def _drag(page, caption: str, image: str) -> int:
     page.mouse.up()
     page.wait_for_function(SETTLED_JS, arg=caption, timeout=20_000)  # the caption has caught up with the slider
     dragged = _unit_number(page)
-    assert 10 <= dragged <= 25, dragged  # about 60% along 32 units
+    assert 10 <= dragged <= 25, dragged  # about 60% along 32 units (resnet8_w8's layer3)
     assert page.locator(READOUT).inner_text().strip() == str(dragged)
-    assert page.evaluate(CAPTION_JS).startswith(f"layer2 unit {dragged}: ")
+    assert page.evaluate(CAPTION_JS).startswith(f"layer3 unit {dragged}: ")
     _wait_for_change(page, IMAGE_JS, image)
     return dragged
 

@@ -22,7 +22,7 @@ METRICS = {"diffroar": {"ks": [0.5], "retrain": {"epochs": 1, "batch_size": 32}}
 
 def _study(tmp: Path, metrics: dict):
     params = yaml.safe_load((ROOT / "params" / "tiny.yaml").read_text())
-    params.update(data_root=str(tmp / "data"), output_root=str(tmp / "outputs"), metrics=metrics)
+    params.update(seeds=[0], data_root=str(tmp / "data"), output_root=str(tmp / "outputs"), metrics=metrics)
     return parse_study(params, "tiny.yaml")
 
 

@@ -137,13 +137,76 @@ def test_the_kernel_is_the_running_interpreter_whatever_kernelspecs_say(good, tm
 
 
 @pytest.mark.slow
-def test_the_unit_browser_notebook_run_headless_shows_the_static_strip(tmp_path):
+def test_the_unit_browser_notebook_run_headless_shows_the_static_strip(tmp_path, tiny_dissected):
+    params, folder = tiny_dissected
     source = ROOT / "notebooks" / "08_unit_browser.ipynb"
-    run = execute_notebook(source, tmp_path / "08.ipynb", {"data_dir": str(tmp_path / "data")}, progress=False)
+    run = execute_notebook(source, tmp_path / "08.ipynb", {"params": str(params), "run_folder": str(folder), "network": "kd-s0"},
+                           progress=False)
     executed = nbformat.read(run.output, as_version=4)
     last = executed.cells[-1]
-    assert last.source == "unit_browser(result, probe)"
+    assert last.source == "viz.unit_browser(result, probe, layer=layer)"
     kinds = [sorted(o.get("data", {})) for o in last.outputs]
     assert kinds == [["image/png", "text/plain"], ["text/html", "text/plain"]]
-    assert last.outputs[0].data["text/plain"].startswith("layer2: units 1, 2, 3, 4 of the 32")
+    assert last.outputs[0].data["text/plain"].startswith("layer3: units 1, 2, 3, 4 of the 32")
     assert "kdlib-unit-label" not in json.dumps(executed)  # no widget was built: no caption in outputs or widget state
+    shown = [o.data["text/plain"] for c in executed.cells for o in c.get("outputs", []) if o.get("data", {}).get("text/plain", "").startswith("DissectResult")]
+    from kdlib.dissect import DissectResult
+
+    assert shown == [repr(DissectResult.load(folder / "dissect" / "kd-s0"))], "the saved dissection of the network asked for"
+
+
+@pytest.mark.slow
+def test_the_unit_browser_refuses_a_network_the_study_lacks(tmp_path, tiny_dissected):
+    params, folder = tiny_dissected
+    with pytest.raises(NotebookFailed, match=r"network = 'kd-s7' is not a network of .*; valid: teacher, scratch-s0"):
+        execute_notebook(ROOT / "notebooks" / "08_unit_browser.ipynb", tmp_path / "08.ipynb",
+                         {"params": str(params), "run_folder": str(folder), "network": "kd-s7"}, progress=False)
+
+
+@pytest.mark.slow
+def test_execute_in_place_rewrites_an_unchanged_notebook_byte_for_byte(tmp_path):
+    from kdlib.runs.notebooks import execute_in_place
+
+    path = _notebook(tmp_path / "nb.ipynb", ["scale = 2", "import time\nprint(scale * 21)", "scale + 1"])
+    execute_in_place(path)
+    first = path.read_bytes()
+    nb = nbformat.read(path, as_version=4)
+    assert _stream(nb, 1) == "42\n" and nb.cells[2].outputs[0].data["text/plain"] == "3"
+    assert [c.execution_count for c in nb.cells] == [1, 2, 3]
+    assert "papermill" not in nb.metadata and not any("execution" in c.metadata for c in nb.cells), "no timestamps"
+    execute_in_place(path)
+    assert path.read_bytes() == first
+
+
+@pytest.mark.slow
+def test_execute_in_place_leaves_a_failing_notebook_as_it_was(tmp_path):
+    from kdlib.runs.notebooks import execute_in_place
+
+    path = _notebook(tmp_path / "nb.ipynb", ["limit = 1", "raise KeyError('gone')"])
+    before = path.read_bytes()
+    with pytest.raises(NotebookFailed, match=r"notebook nb.ipynb failed at cell 1 \(\"raise KeyError\('gone'\)\"\): KeyError: 'gone'; .* left unchanged"):
+        execute_in_place(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["nb.ipynb"]
+
+
+def test_fresh_start_removes_the_studys_outputs_and_generated_world_only(tmp_path):
+    from study_helpers import tiny_params
+
+    from kdlib.layout import run_id
+    from kdlib.params import load_study
+    from kdlib.runs.runner import fresh_start
+
+    path = tiny_params(tmp_path)
+    folder = tmp_path / "outputs" / run_id(load_study(path))
+    for name in ("runs/teacher/checkpoint.pt", "tables/a.csv", "done", "mine.txt"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("x")
+    world = tmp_path / "data" / "world-tiny-s0"
+    world.mkdir(parents=True)
+    (world / "manifest.json").write_text("{}")
+    (tmp_path / "data" / "world-other-s0").mkdir()
+    removed = fresh_start(path)
+    assert removed == [folder / "runs", folder / "tables", folder / "done", world]
+    assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == ["mine.txt"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir() if not p.name.startswith(".")) == ["world-other-s0"]
+    assert fresh_start(path) == []

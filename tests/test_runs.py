@@ -1,4 +1,6 @@
-"""The headless study driver on the tiny params: every step, the run folder, re-runs."""
+"""The headless study driver (kdlib.runs.study.run_study, the steps in order without notebooks, which the
+notebooks mirror) on the tiny params at one seed: every step, the run folder, re-runs. The command line
+``python -m kdlib.runs run`` is the papermill runner (tests/test_runner.py)."""
 
 from __future__ import annotations
 
@@ -13,23 +15,25 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from study_helpers import tiny_params
 
 from kdlib.runs.manifest import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _run(path: Path) -> Path:
+    from kdlib.params import load_study
+    from kdlib.runs.study import run_study
+
+    return run_study(load_study(path), progress=False)
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
-    params = yaml.safe_load((ROOT / "params" / "tiny.yaml").read_text())
-    params.update(data_root=str(tmp / "data"), output_root=str(tmp / "outputs"))
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "kdlib.runs", "run", str(path), "--quiet"], capture_output=True, text=True, cwd=tmp)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    folder = Path(proc.stdout.split("study done: ")[1].split()[0])
-    return path, (tmp / folder if not folder.is_absolute() else folder), params
+    path = tiny_params(tmp, seeds=[0])
+    return path, _run(path), yaml.safe_load(path.read_text())
 
 
 @pytest.mark.slow
@@ -69,8 +73,7 @@ def test_rerun_reuses_finished_steps_and_gives_the_same_numbers(tiny_study):
     stamps = {p: p.stat().st_mtime_ns for p in (folder / "runs").rglob("checkpoint.pt")}
     stamps |= {p: p.stat().st_mtime_ns for p in (folder / "cache").glob("*")}
     assert stamps
-    proc = subprocess.run([sys.executable, "-m", "kdlib.runs", "run", str(path), "--quiet"], capture_output=True, text=True, cwd=path.parent)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run(path)
     after = {n: (folder / "tables" / n).read_text() for n in before}
     assert after == before
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "no network retrained, no layer re-dissected"

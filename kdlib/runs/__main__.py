@@ -1,39 +1,92 @@
-"""``python -m kdlib.runs run PARAMS.yaml [--out DIR] [--quiet]``: run the whole study headless (``make study``)."""
+"""``python -m kdlib.runs``: the notebook runner, a batch of teacher/student pairs, and the committed outputs.
+
+::
+
+    python -m kdlib.runs run PARAMS.yaml [--out DIR] [--force] [--quiet]       # make study
+    python -m kdlib.runs batch PAIR.yaml ... [--jobs N] [--force] [--quiet]    # one run folder per pair
+    python -m kdlib.runs notebooks [NOTEBOOK.ipynb ...] [--keep]               # make notebooks
+
+Exit status: 0 done; 1 a notebook (or, in a batch, a pair) failed; 2 bad input (one ``error:`` line).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
 
 from kdlib.errors import cli_main
-from kdlib.params import load_study
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kdlib.runs", description="Run a study: world, training, dissection, tables.")
+    p = argparse.ArgumentParser(prog="python -m kdlib.runs", description="Run a study's notebooks; a batch of pairs.")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one study into its run folder")
+    run = sub.add_parser("run", help="run one study's notebooks into its run folder (papermill)")
     run.add_argument("params", help="study params YAML, e.g. params/default.yaml")
     run.add_argument("--out", default=None, help="run folder (default: <output_root>/<run id>)")
+    run.add_argument("--force", action="store_true", help="redo every step of the run folder (the world is kept)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--notebooks", default=None, help=argparse.SUPPRESS)  # a copy of notebooks/ (tests)
+    batch = sub.add_parser("batch", help="one run folder per teacher/student pair, and a summary across pairs")
+    batch.add_argument("pairs", nargs="+", help="study params YAML files, e.g. params/pairs/*.yaml")
+    batch.add_argument("--jobs", type=int, default=1, help="pairs run at the same time, each its own process (default 1)")
+    batch.add_argument("--out", default=None, help="folder for batch-<digest>/ (default: the first pair's output_root)")
+    batch.add_argument("--force", action="store_true", help="pass --force to every pair")
+    batch.add_argument("--quiet", action="store_true", help="no progress lines")
+    batch.add_argument("--notebooks", default=None, help=argparse.SUPPRESS)
+    again = sub.add_parser("notebooks", help="re-execute the committed notebooks in place (make notebooks)")
+    again.add_argument("paths", nargs="*", help="notebooks (default: every notebook of notebooks/, in order)")
+    again.add_argument("--keep", action="store_true", help="reuse the run folder and world (default: start fresh)")
     return p
+
+
+def _run(args) -> int:
+    from kdlib.runs.notebooks import NotebookFailed
+    from kdlib.runs.runner import run_notebooks
+
+    try:
+        folder = run_notebooks(args.params, args.out, force=args.force, progress=not args.quiet,
+                               source=Path(args.notebooks) if args.notebooks else None)
+    except NotebookFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"study done: {folder.root}")
+    print(f"report: {folder.report}")
+    return 0
+
+
+def _batch(args) -> int:
+    from kdlib.runs.batch import run_batch
+
+    result = run_batch([Path(p) for p in args.pairs], jobs=args.jobs, out=args.out, force=args.force,
+                       quiet=args.quiet, notebooks=args.notebooks)
+    print(f"summary: {result.summary}")
+    failed = [p.name for p in result.pairs if p.status != "ok"]
+    if failed:
+        print(f"error: {len(failed)} of {len(result.pairs)} pairs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _notebooks(args) -> int:
+    from kdlib.runs.notebook import relative
+    from kdlib.runs.notebooks import execute_in_place
+    from kdlib.runs.runner import NOTEBOOKS, fresh_start, notebooks_folder
+
+    paths = [Path(p) for p in args.paths] or [notebooks_folder() / f"{n}.ipynb" for n in NOTEBOOKS]
+    if not args.keep:
+        for path in fresh_start():
+            print(f"removed {relative(path)}")
+    for path in paths:
+        seconds = execute_in_place(path)
+        print(f"{path.name}: {seconds:.1f} s")
+    return 0
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    study = load_study(args.params)
-    from kdlib.runs.study import run_study
-
-    folder = run_study(study, args.out, progress=not args.quiet)
-    print(f"study done: {folder}")
-    timings = json.loads((folder / "manifest.json").read_text())["timings_s"]
-    print("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
-          + f"; total {sum(timings.values()):.1f} s")
-    for name in ("accuracy", "detectors", "summary", "claims"):
-        print(f"  {folder / 'tables' / (name + '.csv')}")
-    return 0
+    return {"run": _run, "batch": _batch, "notebooks": _notebooks}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""A run's manifest: what made it (params, seed, git commit, package versions) and how long each step took.
+"""A run's manifest: what made it (params, seeds, git commit and dirty flag, package versions, machine,
+devices) and how long each step or notebook took.
 
-Written as ``manifest.json`` in the run folder, atomically, and rewritten as steps finish, so an
-interrupted run still tells what it had done. The ``done`` marker is separate and written last.
+Written as ``manifest.json`` in the run folder, atomically, and rewritten as steps and notebooks finish,
+so an interrupted or failed run still tells what it had done. The ``done`` marker is separate and
+written last. The notebook runner records each executed notebook under ``notebooks`` (status, wall
+time, output path, error) and its wall time under ``timings_s`` too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any, Iterator
 
 from kdlib import atomic
 
-PACKAGES = ("kdlib", "torch", "torchvision", "numpy", "pillow", "pandas", "torchdistill", "captum", "papermill", "matplotlib", "seaborn")
+PACKAGES = ("kdlib", "torch", "torchvision", "numpy", "pillow", "pandas", "scipy", "torchdistill", "captum", "papermill",
+            "nbconvert", "nbclient", "ipykernel", "matplotlib", "seaborn")
 
 
 def git_commit(root: str | Path = ".") -> dict[str, Any]:
@@ -69,6 +73,8 @@ class Manifest:
     data: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     steps: list[str] = field(default_factory=list)
+    devices: dict[str, str] = field(default_factory=dict)
+    notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -78,10 +84,12 @@ class Manifest:
             "git": git_commit(Path(__file__).resolve().parents[2]),
             "packages": package_versions(),
             "machine": machine(),
+            "devices": self.devices,
             "command": sys.argv,
             "data": self.data,
             "steps_done": self.steps,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "notebooks": self.notebooks,
         }
 
     def save(self) -> None:
@@ -94,4 +102,13 @@ class Manifest:
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
         self.steps.append(name)
+        self.save()
+
+    def record_notebook(self, name: str, run: dict[str, Any]) -> None:
+        """Record one executed notebook (``run``: :meth:`kdlib.runs.notebooks.NotebookRun.as_dict`) and save."""
+        self.notebooks[name] = {"status": run["status"], "wall_s": round(float(run["wall_s"]), 3),
+                                "output": run["output"], "error": run.get("error")}
+        self.timings[name] = float(run["wall_s"])
+        if run["status"] == "ok":
+            self.steps.append(name)
         self.save()

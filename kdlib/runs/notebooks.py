@@ -239,3 +239,40 @@ def execute_notebook(
             raise NotebookFailed(_failure_message(source, output if kept else None, error), run) from None
         _settle(tmp, output)
     return NotebookRun(source, output, "ok", time.perf_counter() - start, params)
+
+
+def execute_in_place(path: str | os.PathLike, timeout: float | None = None, start_timeout: float = 60) -> float:
+    """Re-execute notebook ``path`` in place with the defaults of its ``parameters`` cell and return its
+    wall time in seconds: how the committed outputs are made (``make notebooks``).
+
+    As ``jupyter nbconvert --execute --inplace`` does, with three differences: the kernel is the running
+    interpreter's (see the module docstring), no timing or papermill metadata and no widget state are
+    stored (so an unchanged notebook is rewritten byte for byte), and the file is replaced atomically
+    only when every cell ran: a failing cell raises :class:`NotebookFailed` and leaves the file as it
+    was. The kernel's working folder is the notebook's folder, as in nbval and JupyterLab.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    from kdlib.atomic import write_text
+
+    _check_kernel_available()
+    path = Path(path)
+    nb = _read(path)
+    declared_parameters(path)  # exactly one parameters cell
+    client = NotebookClient(nb, timeout=timeout, startup_timeout=start_timeout, record_timing=False,
+                            store_widget_state=False, kernel_manager_class=_interpreter_kernel_manager(),
+                            resources={"metadata": {"path": str(path.resolve().parent)}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
+        error = f"{exc.ename}: {exc.evalue}" if isinstance(exc, CellExecutionError) else f"{type(exc).__name__}: {exc}"
+        cell = _failed_cell(nb)
+        where = f"cell {cell[0]} ({_one_line(cell[1], 80)!r})" if cell else "an unknown cell"
+        run = NotebookRun(path, path, "failed", time.perf_counter() - start, {}, _one_line(error))
+        raise NotebookFailed(f"notebook {path.name} failed at {where}: {_one_line(error)}; {path} left unchanged", run) from None
+    text = nbformat.writes(nb)
+    write_text(path, text if text.endswith("\n") else text + "\n")
+    return time.perf_counter() - start

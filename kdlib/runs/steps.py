@@ -15,6 +15,10 @@ a notebook can run one step alone::
     tabs = steps.tables(study, folder)   # {"accuracy": DataFrame, "detectors": DataFrame}
     figs = steps.figures(study, folder)  # {"detectors_layer4": Figure, ...}
     cmp = steps.compare(study, folder)   # {"summary", "differences", "claims": DataFrame}: seeds and CIs
+
+Read-only readers, for notebooks that only present what a step wrote: :func:`trained`,
+:func:`dissections`, :func:`dissection` (one network), :func:`histories` (training curves) and
+:func:`read_table`.
 """
 
 from __future__ import annotations
@@ -108,6 +112,25 @@ def trained(study: StudyParams, folder: StudyFolder) -> dict[str, "RunResult"]: 
     return out
 
 
+def histories(study: StudyParams, folder: StudyFolder, keys: Optional[list[str]] = None) -> pd.DataFrame:
+    """The training curves (each run's ``metrics.csv``) of the networks ``keys`` (default: all), in one
+    long table with ``network, run, role, seed`` first; the per-epoch ``seconds`` column is left out."""
+    frames = []
+    for inst in study.instances():
+        if keys is not None and inst.key not in keys:
+            continue
+        path = folder.run(inst.key) / layout.METRICS_CSV
+        if not path.is_file():
+            raise KdlibError(f"network {inst.key!r} has no {layout.METRICS_CSV} in {folder.root}; valid: run the training step first")
+        frame = pd.read_csv(path).drop(columns=["seconds"], errors="ignore")
+        frames.append(frame.assign(network=inst.key, run=inst.name, role=inst.role, seed=inst.seed))
+    if not frames:
+        raise KdlibError(f"keys = {keys!r} names no network of {study.source}; valid: {', '.join(i.key for i in study.instances())}")
+    out = pd.concat(frames, ignore_index=True)
+    first = ["network", "run", "role", "seed"]
+    return out[first + [c for c in out.columns if c not in first]]
+
+
 # --------------------------------------------------------------------------------------------
 # Dissection
 # --------------------------------------------------------------------------------------------
@@ -185,15 +208,28 @@ def dissect(study: StudyParams, folder: StudyFolder, progress: bool = True) -> d
 
 def dissections(study: StudyParams, folder: StudyFolder) -> dict[str, "DissectResult"]:  # noqa: F821
     """The saved dissections of every network, read from the folder (one line naming a missing one)."""
+    return {net.name: _saved_dissection(folder, net.name) for net in networks(study)}
+
+
+def dissection(study: StudyParams, folder: StudyFolder, network: Optional[str] = None) -> "DissectResult":  # noqa: F821
+    """The saved dissection of one network (default: the first student at the first seed, else the first
+    network); one line when the study has no such network or it is not dissected yet."""
+    names = [net.name for net in networks(study)]
+    if network is None:
+        students = [i.key for i in study.instances() if i.role == "student"]
+        network = students[0] if students else names[0]
+    if network not in names:
+        raise KdlibError(f"network = {network!r} is not a network of {study.source}; valid: {', '.join(names)}")
+    return _saved_dissection(folder, network)
+
+
+def _saved_dissection(folder: StudyFolder, name: str) -> "DissectResult":  # noqa: F821
     from kdlib.dissect import DissectResult
 
-    out = {}
-    for net in networks(study):
-        target = folder.dissection(net.name)
-        if (layout.read_done(target, "dissect") if target.is_dir() else None) is None:
-            raise KdlibError(f"network {net.name!r} is not dissected in {folder.root}; valid: run the dissection step first")
-        out[net.name] = DissectResult.load(target)
-    return out
+    target = folder.dissection(name)
+    if (layout.read_done(target, "dissect") if target.is_dir() else None) is None:
+        raise KdlibError(f"network {name!r} is not dissected in {folder.root}; valid: run the dissection step first")
+    return DissectResult.load(target)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,9 +238,12 @@ def dissections(study: StudyParams, folder: StudyFolder) -> dict[str, "DissectRe
 
 
 def accuracy_table(study: StudyParams, results: dict) -> pd.DataFrame:
-    """Per trained network: run, seed, model, loss, the epoch whose weights are used, accuracies, seconds."""
+    """Per trained network in ``results`` (study order): run, seed, model, loss, the epoch whose weights
+    are used, accuracies, seconds."""
     rows = []
     for inst in study.instances():
+        if inst.key not in results:
+            continue
         r = results[inst.key]
         loss = " + ".join(f"{t.get('weight', 1.0)} {t['name']}" for t in inst.run.loss)
         rows.append({"network": inst.key, "run": inst.name, "role": inst.role, "seed": inst.seed,
@@ -274,11 +313,30 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
     atomic.write_text(path, frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
 
 
+TABLE_STEPS = {"accuracy": "tables", "detectors": "tables", "metrics": "metrics", "observations": "compare",
+               "summary": "compare", "differences": "compare", "claims": "compare"}
+
+
+def read_table(folder: StudyFolder, name: str) -> pd.DataFrame:
+    """``tables/<name>.csv`` as a step wrote it; one line naming the step to run when it is missing."""
+    path = folder.table(name)
+    if not path.is_file():
+        step = TABLE_STEPS.get(name, "the step that writes it")
+        raise KdlibError(f"table {name!r} is not in {folder.root / 'tables'}; valid: run the {step} step first")
+    if not path.stat().st_size or not path.read_text(encoding="utf-8").strip():
+        return pd.DataFrame()
+    return pd.read_csv(path)
+
+
 def save_figure(fig, folder: StudyFolder, name: str) -> None:
-    """``figures/<name>.png`` and ``.svg``, each written atomically."""
-    for ext in ("png", "svg"):
-        with atomic.atomic_path(folder.figure(name, ext)) as tmp:
-            fig.savefig(tmp, dpi=110, format=ext, metadata={"Date": None} if ext == "svg" else None)
+    """``figures/<name>.png`` and ``.svg``, each written atomically; the same figure gives the same bytes
+    (no date in either, a fixed SVG id salt)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "kdlib"}):
+        for ext in ("png", "svg"):
+            with atomic.atomic_path(folder.figure(name, ext)) as tmp:
+                fig.savefig(tmp, dpi=110, format=ext, metadata={"Date": None} if ext == "svg" else None)
 
 
 # --------------------------------------------------------------------------------------------
