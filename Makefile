@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: setup study test test-fast notebooks world grid benchmarks clean
+.PHONY: setup study test test-fast notebooks world grid benchmarks study-time clean
 
 setup: $(STAMP)
 
@@ -45,8 +45,12 @@ test-fast: setup
 grid: world
 	$(PY) scripts/world_grid.py --world $$($(PY) -c "from kdlib.params import load_study; print(load_study('$(PARAMS)').world_dir())") --out docs/world_grid.png
 
+# Every benchmark but study_time.py (make study-time: a fresh clone's make study, about 45 minutes).
 benchmarks: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/*.py; do [ $$b = benchmarks/study_time.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
+
+study-time: setup
+	$(PY) benchmarks/study_time.py --params $(PARAMS)
 
 clean:
 	rm -rf $(VENV) data outputs/*/ .pytest_cache

@@ -122,6 +122,8 @@ def test_the_shipped_pairs_are_valid_studies_of_one_teacher(path):
     study = runner.load(path)
     assert len(study.teachers) == 1 and [s.name for s in study.students] == ["scratch", "ls", "kd"]
     assert study.world.profile == "default" and study.student_seeds == [0, 1, 2] and study.report.claims
+    default = runner.load(ROOT / "params" / "default.yaml")
+    assert study.train == default.train and study.dissect == default.dissect, "kept in step with params/default.yaml"
 
 
 def test_two_pairs_are_shipped_a_wider_and_a_narrower_teacher():

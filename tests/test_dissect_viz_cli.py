@@ -199,3 +199,34 @@ def test_cli_refuses_a_folder_without_probe_set(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--model", "resnet8", "--num-classes", "6", "--random-init", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert "holds no Broden probe set" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_output_folder_another_process_holds(world, tmp_path):
+    """A second dissection into the same --out stops at once with one line naming the holder, writes
+    nothing there, and the folder is usable once the holder is gone."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from kdlib.locks import folder_lock\n"
+         "with folder_lock(sys.argv[1], 'dissection folder'):\n    print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = [sys.executable, "-m", "kdlib.dissect", "--model", "resnet8", "--num-classes", "6", "--random-init",
+                "--layers", "layer3", "--data", str(world), "--no-progress", "--strips", "none", "--out", str(out)]
+        proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: dissection folder") and f"process {holder.pid}" in lines[0]
+        assert sorted(p.name for p in out.iterdir()) == [".lock"], "nothing written beside the holder's lock"
+    finally:
+        holder.kill()
+        holder.wait()
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "done").is_file()

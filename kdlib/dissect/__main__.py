@@ -23,6 +23,7 @@ foreign checkpoints). The output folder gets, per layer,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -35,6 +36,7 @@ import torch
 
 from kdlib.atomic import atomic_path, write_text
 from kdlib.errors import KdlibError, cli_main
+from kdlib.locks import folder_lock
 from kdlib.params import DissectParams, replace_from_dict
 
 # The checkpoint format belongs to the training code: read it with the training code's own reader,
@@ -160,10 +162,12 @@ def main(argv: list[str] | None = None, load_checkpoint: CheckpointLoader | None
     try:
         dataset = BrodenDataset(find_broden(args.data), image_size=settings.image_size)
         model, source = load_network(args, load_checkpoint)
-        result = dissect(model, dataset, settings, cache_dir=args.cache, label_cache_dir=args.label_cache,
-                         progress=not args.no_progress and shard.world()[0] == 0)
-        if shard.world()[0] == 0:  # one writer
-            write_outputs(args, settings, dataset, result, source)
+        writer = shard.world()[0] == 0  # one writer, holding the output folder's lock throughout
+        with folder_lock(Path(args.out), "dissection folder") if writer else contextlib.nullcontext():
+            result = dissect(model, dataset, settings, cache_dir=args.cache, label_cache_dir=args.label_cache,
+                             progress=not args.no_progress and writer)
+            if writer:
+                write_outputs(args, settings, dataset, result, source)
     finally:
         if started:
             torch.distributed.destroy_process_group()

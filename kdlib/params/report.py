@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from kdlib.errors import KdlibError
 from kdlib.params.validate import knob
 
 
@@ -34,3 +35,12 @@ class ReportParams:
     baseline: Optional[str] = knob(None, doc="the student every other run is compared with, seed by seed; None: no comparison")
     level: float = knob(0.95, gt=0.5, lt=1.0, doc="confidence level of every interval")
     claims: list[Claim] = knob(default_factory=list)
+    quantiles: list[float] = knob(
+        default_factory=list,
+        doc="activation quantiles of the sensitivity table: the last dissected layer dissected again at each "
+            "(the study's own quantile is always in it); []: no sensitivity table")
+
+    def __post_init__(self) -> None:
+        for i, q in enumerate(self.quantiles):
+            if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
+                raise KdlibError(f"report.quantiles[{i}] = {q!r} is out of range; valid: 0 < quantile < 1")

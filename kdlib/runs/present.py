@@ -275,3 +275,25 @@ def runs_named(table: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
     rows = table[table["run"].isin(names)]
     order = {n: i for i, n in enumerate(names)}
     return rows.sort_values("run", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+
+def quantile_sensitivity(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per run: mean detectors over seeds (``tables/quantile_sensitivity.csv``) with one column per
+    (activation quantile, IoU threshold), runs in the table's order."""
+    from kdlib.stats import mean_ci
+
+    if table.empty:
+        return pd.DataFrame(columns=["run"])
+    rows = []
+    for (run, q, thr), group in table.groupby(["run", "quantile", "iou_threshold"], sort=False):
+        est = mean_ci(group.sort_values("seed")["detectors"].astype(float), level)
+        rows.append({"run": run, "column": f"q {q:g}, IoU {thr:g}", "mean": est.mean})
+    wide = pd.DataFrame(rows).pivot_table(index="run", columns="column", values="mean", sort=False)
+    return wide.reset_index().rename_axis(columns=None)
+
+
+def power_sentences(power: pd.DataFrame, baseline: str, layer: str, thresholds: Sequence[float]) -> str:
+    """The power estimate (``tables/power.csv``) as one sentence per IoU threshold."""
+    from kdlib.runs.power import sentence
+
+    return " ".join(sentence(power, baseline, layer, thr) for thr in thresholds)

@@ -179,18 +179,24 @@ def dissect(study: StudyParams, folder: StudyFolder, progress: bool = True) -> d
 
     A network whose folder already holds a dissection made from the same weights, probe set and
     settings is read back instead of dissected again."""
+    trained(study, folder)  # every network must be trained first: one line naming the missing one
+    return _dissect_networks(study, folder, study.dissect, folder.dissection, progress)
+
+
+def _dissect_networks(study: StudyParams, folder: StudyFolder, settings, target_of, progress: bool) -> dict:
+    """Every network of :func:`networks` dissected with ``settings`` into ``target_of(name)``, or read back
+    when that folder holds a dissection of the same weights, probe set and settings."""
     from kdlib.dissect import DissectResult
     from kdlib.dissect import dissect as run_dissection
 
-    trained(study, folder)  # every network must be trained first: one line naming the missing one
     probe = probe_set(study)
     fingerprint = probe.fingerprint()
     num_classes = _num_classes(study, folder)
     out = {}
     for net in networks(study):
         model = net.load(folder, num_classes)
-        key = {"weights": state_digest(model), "probe": fingerprint, "settings": to_dict(study.dissect)}
-        target = folder.dissection(net.name)
+        key = {"weights": state_digest(model), "probe": fingerprint, "settings": to_dict(settings)}
+        target = target_of(net.name)
         done = layout.read_done(target, "dissect") if target.is_dir() else None
         if done is not None and done.get("key") == key:
             out[net.name] = DissectResult.load(target)
@@ -198,12 +204,40 @@ def dissect(study: StudyParams, folder: StudyFolder, progress: bool = True) -> d
         if target.is_dir():
             layout.clear_done(target)
         # decoded probe labels are cached once for the whole study in <study>/cache/labels
-        result = run_dissection(model, probe, study.dissect, cache_dir=folder.cache, progress=progress)
+        result = run_dissection(model, probe, settings, cache_dir=folder.cache, progress=progress)
         result.meta.update(network=net.name, model=net.model, kind=net.kind, seed=net.seed)
         result.save(target)
         layout.write_done(target, "dissect", key=key)
         out[net.name] = result
     return out
+
+
+def quantile_sensitivity(study: StudyParams, folder: StudyFolder, progress: bool = True) -> pd.DataFrame:
+    """``tables/quantile_sensitivity.csv``: detectors (all categories) of every network in the last
+    dissected layer at the study's quantile and at each of ``report.quantiles`` (dissected again into
+    ``sensitivity/quantile-<q>/<network>/``, cached like the dissection step), at both IoU thresholds."""
+    from dataclasses import replace
+
+    layer = study.dissect.layers[-1]
+    by_quantile = {study.dissect.quantile: dissections(study, folder)}
+    for q in study.report.quantiles:
+        if q == study.dissect.quantile:
+            continue
+        settings = replace(study.dissect, quantile=q, layers=[layer])
+        root = folder.root / "sensitivity" / f"quantile-{q:g}"
+        by_quantile[q] = _dissect_networks(study, folder, settings, lambda name, root=root: root / name, progress)
+    rows = []
+    for q, results in sorted(by_quantile.items()):
+        for net in networks(study):
+            res = results[net.name][layer]
+            for thr in IOU_THRESHOLDS:
+                total = res.summary(thr).set_index("category").loc["total"]
+                rows.append({"network": net.name, "run": net.instance.name if net.kind == "trained" else f"random-{net.model}",
+                             "seed": net.seed, "kind": net.kind, "layer": layer, "quantile": q, "iou_threshold": thr,
+                             "units": res.units, "detectors": int(total["detectors"])})
+    table = pd.DataFrame(rows)
+    write_table(folder.table("quantile_sensitivity"), table)
+    return table
 
 
 def dissections(study: StudyParams, folder: StudyFolder) -> dict[str, "DissectResult"]:  # noqa: F821
@@ -292,8 +326,9 @@ def compare(study: StudyParams, folder: StudyFolder) -> dict[str, pd.DataFrame]:
     """The methods compared across seeds (:mod:`kdlib.runs.comparison`) from the saved tables:
     ``tables/observations.csv`` (every measure of every network), ``summary.csv`` (per run: mean and
     interval over seeds), ``differences.csv`` (each run minus the baseline, paired by seed) and
-    ``claims.csv`` (the report section's claims and their verdicts)."""
-    from kdlib.runs import comparison
+    ``claims.csv`` (the report section's claims and their verdicts) and, with a baseline, ``power.csv``
+    (the smallest detector difference the seeds would detect, :mod:`kdlib.runs.power`)."""
+    from kdlib.runs import comparison, power
 
     tabs = tables(study, folder)
     metrics_path = folder.table("metrics")
@@ -303,6 +338,7 @@ def compare(study: StudyParams, folder: StudyFolder) -> dict[str, pd.DataFrame]:
     out = {"observations": obs, "summary": comparison.summary(obs, level)}
     if study.report.baseline is not None:
         out["differences"] = comparison.differences(obs, study.report.baseline, level)
+        out["power"] = power.detectable_differences(tabs["detectors"], study.report.baseline, alpha=1 - level)
     out["claims"] = comparison.judge(obs, study.report.claims, level)
     for name, frame in out.items():
         write_table(folder.table(name), frame)
@@ -314,7 +350,8 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
 
 
 TABLE_STEPS = {"accuracy": "tables", "detectors": "tables", "metrics": "metrics", "observations": "compare",
-               "summary": "compare", "differences": "compare", "claims": "compare"}
+               "summary": "compare", "differences": "compare", "claims": "compare", "power": "compare",
+               "quantile_sensitivity": "quantile sensitivity"}
 
 
 def read_table(folder: StudyFolder, name: str) -> pd.DataFrame:
