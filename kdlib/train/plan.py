@@ -38,6 +38,7 @@ from kdlib.losses import build_objective
 from kdlib.models import build
 from kdlib.models.stacked import StackedNetwork
 from kdlib.params import RunInstance, StudyParams, to_dict
+from kdlib.train import distributed
 from kdlib.train.check import check_study
 from kdlib.train.fit import RunResult, fit_stack, teacher_checkpoint
 
@@ -136,6 +137,7 @@ def fit_study(study: StudyParams, folder: "layout.StudyFolder", names: Optional[
     chosen = {i.key for i in instances}
     groups = [g for g in plan(study) if chosen & set(g.keys)]
     check_stacks(study, groups)
+    jobs = _check_torchrun(study, groups, jobs)
     trained = {k for g in groups for k in g.keys}
     for g in groups:
         for inst in g.insts:
@@ -150,13 +152,29 @@ def fit_study(study: StudyParams, folder: "layout.StudyFolder", names: Optional[
     return [results[k] for g in groups for k in g.keys]
 
 
+def _check_torchrun(study: StudyParams, groups: Sequence[Group], jobs: Optional[int]) -> Optional[int]:
+    """Under torchrun every rank trains the groups one after the other, in its own process, unstacked."""
+    size = distributed.ranks().size
+    if size == 1:
+        return jobs
+    stacked = next((g for g in groups if len(g.insts) > 1), None)
+    if stacked is not None:
+        raise KdlibError(f"{study.source}: train.stack = {study.train_for(stacked.insts[0].run).stack} stacks "
+                         f"{', '.join(stacked.keys)} under torchrun ({size} processes); valid: train.stack: 1")
+    if jobs is not None and jobs > 1:
+        raise KdlibError(f"--jobs = {jobs} under torchrun ({size} processes); valid: --jobs 1 (torchrun is the parallelism)")
+    return 1
+
+
 def _train_group(study: StudyParams, folder: "layout.StudyFolder", group: Group, progress: bool, on_epoch=None) -> list[RunResult]:
     """Train one group in this process, holding the lock of each of its run folders."""
     folders = [folder.run(k) for k in group.keys]
     teachers = [teacher_checkpoint(study, i, folder) for i in group.insts]
     with contextlib.ExitStack() as locks:
-        for f in folders:
-            locks.enter_context(folder_lock(f, "training run"))
+        if distributed.ranks().main:  # under torchrun rank 0 holds the locks for all ranks
+            for f in folders:
+                locks.enter_context(folder_lock(f, "training run"))
+        distributed.barrier()
         return fit_stack(study, list(group.insts), folders, teachers, progress, on_epoch)
 
 
