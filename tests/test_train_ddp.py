@@ -13,6 +13,7 @@ weights, while being well above the rounding (so the exact check is not vacuous)
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -194,3 +195,30 @@ def test_bad_timeout_is_one_line(monkeypatch):
     monkeypatch.setenv("KDLIB_DIST_TIMEOUT", "soon")
     with pytest.raises(KdlibError, match=r"^KDLIB_DIST_TIMEOUT = 'soon' is not valid; valid: seconds > 0$"):
         distributed.timeout_s()
+
+
+def _two_ranks(monkeypatch):
+    monkeypatch.setattr(distributed, "ranks", lambda: distributed.Ranks(0, 2, 0))
+
+
+def test_under_torchrun_stacks_are_not_used_and_said_so(tmp_path, tiny_world, monkeypatch, capsys):
+    plan = importlib.import_module("kdlib.train.plan")
+
+    s = study(tmp_path / "a", tiny_world, [{"name": "a", "model": "resnet8_w4"}, {"name": "b", "model": "resnet8_w4"}], stack=2)
+    assert [g.keys for g in plan.plan(s)] == [["a-s0", "b-s0"]]
+    _two_ranks(monkeypatch)
+    groups = plan.plan(s)
+    assert [g.keys for g in groups] == [["a-s0"], ["b-s0"]]
+    assert plan._check_torchrun(s, groups, None) == 1
+    assert capsys.readouterr().out == "torchrun (2 processes): train.stack = 2 is not used, every network trains alone\n"
+    with pytest.raises(KdlibError, match=r"^--jobs = 2 under torchrun \(2 processes\); valid: --jobs 1"):
+        plan._check_torchrun(s, groups, 2)
+
+
+def test_under_torchrun_a_loss_with_stages_is_refused_before_training(tmp_path, tiny_world, monkeypatch):
+    plan = importlib.import_module("kdlib.train.plan")
+
+    s = study(tmp_path / "a", tiny_world, [{"name": "ft", "model": "resnet8_w4", "loss": [{"name": "ft", "layer": "layer3"}]}])
+    _two_ranks(monkeypatch)
+    with pytest.raises(KdlibError, match=r"ft.loss has pre-training stages, which do not run under torchrun yet"):
+        plan._check_torchrun(s, plan.plan(s), None)

@@ -8,7 +8,9 @@ caller selects, so a network's weights do not depend on either):
 * students of one seed that share the model, its options and the ``train`` section, whose losses have
   no pre-training stage and one view, are stacked up to ``train.stack`` at a time
   (:mod:`kdlib.models.stacked`): the students of one teacher go into one stack where they fit (that
-  teacher then runs once per batch for all of them); the rest train alone.
+  teacher then runs once per batch for all of them); the rest train alone. Under torchrun
+  (:mod:`kdlib.train.distributed`) every network trains alone (stacks are not data-parallel), and
+  :func:`fit_study` says so in one line.
 
 :func:`fit_study` trains the groups holding the selected networks (a selected network's whole stack,
 so that it is trained with the company its identity records) in up to ``jobs`` processes at once,
@@ -59,7 +61,7 @@ class Group:
 def _stack_key(study: StudyParams, inst: RunInstance) -> Optional[str]:
     """What networks must share to be stacked; None for a network that trains alone."""
     train = study.train_for(inst.run)
-    if inst.role != "student" or train.stack < 2 or train.batches != "memory":
+    if inst.role != "student" or train.stack < 2 or train.batches != "memory" or distributed.ranks().parallel:
         return None
     objective = build_objective(inst.run.loss, f"{study.source}: {inst.name}.loss")
     if objective.has_stages or objective.views != 1:
@@ -153,16 +155,20 @@ def fit_study(study: StudyParams, folder: "layout.StudyFolder", names: Optional[
 
 
 def _check_torchrun(study: StudyParams, groups: Sequence[Group], jobs: Optional[int]) -> Optional[int]:
-    """Under torchrun every rank trains the groups one after the other, in its own process, unstacked."""
-    size = distributed.ranks().size
-    if size == 1:
+    """Under torchrun every rank trains the groups one after the other, in its own process, unstacked;
+    a loss with pre-training stages is refused before any training."""
+    r = distributed.ranks()
+    if not r.parallel:
         return jobs
-    stacked = next((g for g in groups if len(g.insts) > 1), None)
-    if stacked is not None:
-        raise KdlibError(f"{study.source}: train.stack = {study.train_for(stacked.insts[0].run).stack} stacks "
-                         f"{', '.join(stacked.keys)} under torchrun ({size} processes); valid: train.stack: 1")
+    for inst in (i for g in groups for i in g.insts):
+        if build_objective(inst.run.loss, f"{study.source}: {inst.name}.loss").has_stages:
+            raise KdlibError(f"{study.source}: {inst.name}.loss has pre-training stages, which do not run under torchrun yet; "
+                             "valid: a loss without stages (not FT, SSKD or a FitNets hint stage), or one process")
     if jobs is not None and jobs > 1:
-        raise KdlibError(f"--jobs = {jobs} under torchrun ({size} processes); valid: --jobs 1 (torchrun is the parallelism)")
+        raise KdlibError(f"--jobs = {jobs} under torchrun ({r.size} processes); valid: --jobs 1 (torchrun is the parallelism)")
+    stacks = sorted({study.train_for(i.run).stack for g in groups for i in g.insts if i.role == "student"} - {1})
+    if stacks and r.main:
+        print(f"torchrun ({r.size} processes): train.stack = {stacks[0]} is not used, every network trains alone", flush=True)
     return 1
 
 
