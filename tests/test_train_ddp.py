@@ -13,6 +13,7 @@ weights, while being well above the rounding (so the exact check is not vacuous)
 
 from __future__ import annotations
 
+import csv
 import importlib
 import os
 import signal
@@ -50,9 +51,10 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if "running" not in k and "num_batches" not in k}
 
 
-def ghost_reference(s, size: int = 2) -> dict[str, torch.Tensor]:
+def ghost_reference(s, size: int = 2) -> tuple[dict[str, torch.Tensor], list[float]]:
     """One process, each batch's ``size`` contiguous chunks normalised separately (what per-rank
-    BatchNorm does), mean losses weighted by chunk share; the session's optimizer and schedule."""
+    BatchNorm does), mean losses weighted by chunk share; the session's optimizer and schedule. The
+    trained parameters and each epoch's mean training loss."""
     from kdlib.data.splits import load_splits
     from kdlib.train.session import NetworkSpec, TrainingSession
 
@@ -61,14 +63,17 @@ def ghost_reference(s, size: int = 2) -> dict[str, torch.Tensor]:
     torch.set_num_threads(1)
     session = TrainingSession(train, load_splits(s, train, False), [NetworkSpec(inst.key, inst.run, inst.seed)], {},
                               torch.device("cpu"))
-    net = session.network.train()
+    net, losses = session.network.train(), []
     for epoch in range(1, train.epochs + 1):
+        total, seen = 0.0, 0
         for images, targets, _ in session.batches.epoch(inst.seed, epoch):
             loss = sum(torch.nn.functional.cross_entropy(net(x), t) * (t.numel() / targets.numel())
                        for x, t in zip(torch.tensor_split(images, size), torch.tensor_split(targets, size)))
             session.stepper(loss)
+            total, seen = total + loss.item() * targets.numel(), seen + targets.numel()
         session.scheduler.step()
-    return {k: v.detach().clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+        losses.append(total / seen)
+    return {k: v.detach().clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}, losses
 
 
 @pytest.mark.slow
@@ -80,7 +85,7 @@ def test_two_gloo_ranks_train_one_process_weights(tmp_path, tiny_world):
     assert "2 processes, DistributedDataParallel" in out.stdout
     ddp = _params(ddp_folder / "runs" / "scratch-s0" / "checkpoint.pt")
     one = _params(Path(fit_named(s, "scratch").checkpoint))
-    ghost = ghost_reference(s)
+    ghost, losses = ghost_reference(s)
     from kdlib.train.session import initial_network
 
     init = {k: v for k, v in initial_network(s.students[0], 6, 0).state_dict().items() if k in ddp}
@@ -91,6 +96,9 @@ def test_two_gloo_ranks_train_one_process_weights(tmp_path, tiny_world):
     assert exact <= EXACT
     assert 100 * EXACT < max((ddp[k] - one[k]).abs().max().item() for k in ddp)  # BatchNorm's share is visible
     assert bn <= BN_BOUND
+    with open(ddp_folder / "runs" / "scratch-s0" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["loss"]) for r in rows] == pytest.approx(losses, rel=1e-5)  # statistics summed over ranks
 
 
 @pytest.mark.slow
@@ -222,3 +230,28 @@ def test_under_torchrun_a_loss_with_stages_is_refused_before_training(tmp_path, 
     _two_ranks(monkeypatch)
     with pytest.raises(KdlibError, match=r"ft.loss has pre-training stages, which do not run under torchrun yet"):
         plan._check_torchrun(s, plan.plan(s), None)
+
+
+@pytest.mark.parametrize("mode", ["memory", "loader"])
+def test_the_ranks_chunks_together_are_the_single_process_batches(tmp_path, tiny_world, monkeypatch, mode):
+    """144 images in batches of 20 (the last of 4): rank 0 then rank 1 of each step is that step's batch."""
+    from kdlib.data.splits import load_splits
+    from kdlib.train.batches import LoaderBatches, MemoryBatches
+
+    s = study(tmp_path / "a", tiny_world, STUDENT, **TRAIN, batches=mode)
+    train = s.train_for(s.students[0])
+    split = load_splits(s, train, False).train
+    make = (lambda: MemoryBatches(split, 24, 20, False, torch.device("cpu"), False)) if mode == "memory" else \
+        (lambda: LoaderBatches(split, 20, 0, torch.device("cpu"), False))
+    whole = [idx.tolist() for _, _, idx in make().epoch(0, 1)]
+    per_rank = []
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "ranks", lambda rank=rank: distributed.Ranks(rank, 2, rank))
+        per_rank.append([(idx.tolist(), t.tolist(), img) for img, t, idx in make().epoch(0, 1)])
+    assert [len(b) for b in whole] == [20] * 7 + [4]
+    assert [a[0] + b[0] for a, b in zip(*per_rank)] == whole
+    assert [len(a[0]) for a in per_rank[0]] == [10] * 7 + [2]
+    targets = split.targets.tolist()
+    for batches in per_rank:
+        for idx, t, img in batches:
+            assert t == [targets[i] for i in idx] and img.shape[0] == len(idx)

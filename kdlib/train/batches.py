@@ -25,7 +25,7 @@ from typing import Iterator
 import torch
 
 from kdlib.data.tensors import augment, padding, split_tensor, to_input
-from kdlib.train.distributed import ranks, share
+from kdlib.train import distributed
 from kdlib.train.loaders import eval_loader, rank_loader, train_loader
 from kdlib.train.seeding import derive
 
@@ -76,7 +76,7 @@ class MemoryBatches:
     def epoch(self, seed: int, epoch: int, prefix: tuple = ()) -> Iterator[Batch]:
         order, dy, dx, flip = self.plan(seed, epoch, prefix)
         for start in range(0, order.numel(), self.batch_size):
-            pick = share(torch.arange(start, min(start + self.batch_size, order.numel())))
+            pick = distributed.share(torch.arange(start, min(start + self.batch_size, order.numel())))
             index = order[pick].to(self.device)
             images = self.images[index]
             if self.augmented:
@@ -95,7 +95,7 @@ class LoaderBatches:
         return math.ceil(len(self.split) / self.batch_size)
 
     def epoch(self, seed: int, epoch: int, prefix: tuple = ()) -> Iterator[Batch]:
-        if ranks().parallel:
+        if distributed.ranks().parallel:
             yield from self._rank_epoch(seed, epoch, prefix)
             return
         loader = train_loader(self.split, self.batch_size, derive(seed, *prefix, "order", epoch), self.num_workers,
@@ -110,7 +110,7 @@ class LoaderBatches:
         """Under torchrun: this rank's chunk of every batch of the single-process order
         (:func:`loader_order`); the transforms' draws come from each rank's global RNG."""
         order = loader_order(len(self.split), derive(seed, *prefix, "order", epoch))
-        chunks = [share(order[i:i + self.batch_size]).tolist() for i in range(0, order.numel(), self.batch_size)]
+        chunks = [distributed.share(order[i:i + self.batch_size]).tolist() for i in range(0, order.numel(), self.batch_size)]
         for images, targets, indices in rank_loader(self.split, chunks, self.num_workers, self.device.type == "cuda"):
             yield (_layout(images.to(self.device, non_blocking=True), self.channels_last),
                    targets.to(self.device, non_blocking=True), indices.to(self.device, non_blocking=True))
