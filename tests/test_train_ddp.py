@@ -255,3 +255,37 @@ def test_the_ranks_chunks_together_are_the_single_process_batches(tmp_path, tiny
     for batches in per_rank:
         for idx, t, img in batches:
             assert t == [targets[i] for i in idx] and img.shape[0] == len(idx)
+
+
+PRIMITIVES = '''
+import json, os, sys
+import torch
+from kdlib.train import distributed
+from kdlib.train.session import Stepper
+
+r = distributed.init_from_env()
+p = torch.nn.Parameter(torch.zeros(3))
+optimizer = torch.optim.SGD([p], lr=1.0)
+Stepper(optimizer, False, torch.device("cpu"), [p])((p * (r.rank + 1.0)).sum())  # gradient rank + 1
+distributed.check_same({"same": 1}, "x")
+out = {"rank": r.rank, "size": r.size, "p": p.tolist(), "sum": distributed.sum_over_ranks(torch.tensor([r.rank + 1])).tolist(),
+       "share": distributed.share(torch.arange(5)).tolist()}
+with open(os.path.join(sys.argv[1], f"rank{r.rank}.json"), "w") as f:
+    json.dump(out, f)
+distributed.shutdown()
+'''
+
+
+@pytest.mark.slow
+def test_the_primitives_under_two_gloo_ranks(tmp_path):
+    import json
+
+    script = tmp_path / "primitives.py"
+    script.write_text(PRIMITIVES)
+    out = torchrun([str(script), str(tmp_path)])
+    assert out.returncode == 0, out.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r, got in enumerate(ranks):
+        assert (got["rank"], got["size"], got["sum"]) == (r, 2, [3])
+        assert got["p"] == [-1.5] * 3  # SGD lr 1 on the mean of the gradients 1 and 2 (an objective's own parameter)
+    assert ranks[0]["share"] + ranks[1]["share"] == [0, 1, 2, 3, 4] and ranks[0]["share"] == [0, 1, 2]

@@ -5,6 +5,9 @@ Networks go in order: teachers first, then each student at each of the study's s
 selected run is checked before any trains; a finished network is skipped, an interrupted one resumes from its
 last checkpoint. ``--out`` is the study's run folder (default ``<output_root>/<run id>``, the same folder
 ``python -m kdlib.runs`` uses, so either command reuses the other's trainings); see :mod:`kdlib.layout`.
+
+``torchrun --nproc_per_node=N -m kdlib.train PARAMS.yaml`` trains each network data-parallel in N
+processes (and ``--nnodes`` across machines); see :mod:`kdlib.train.distributed`.
 """
 
 from __future__ import annotations
