@@ -1,7 +1,8 @@
 """Which networks of a study train together, and how many training processes run at once.
 
 :func:`plan` cuts the study into groups, from the params alone (never from the machine or the runs a
-caller selects, so a network's weights do not depend on either):
+caller selects, so a network's weights do not depend on either; under torchrun, whose world size is part
+of every run's identity, nothing is stacked):
 
 * every teacher trains alone (a stacked ``resnet34_w16`` was slower per image than two alone), after
   the teacher it distils from, if any;
