@@ -2,9 +2,11 @@
 
 ::
 
-    python -m kdlib.runs run PARAMS.yaml [--out DIR] [--force] [--quiet]       # make study
-    python -m kdlib.runs batch PAIR.yaml ... [--jobs N] [--force] [--quiet]    # one run folder per pair
+    python -m kdlib.runs run PARAMS.yaml [--out DIR] [--force] [--quiet] [--torchrun N]     # make study
+    python -m kdlib.runs batch PAIR.yaml ... [--jobs N] [--force] [--quiet] [--torchrun N]  # one run folder per pair
     python -m kdlib.runs notebooks [NOTEBOOK.ipynb ...] [--keep]               # make notebooks
+
+``--torchrun N``: the training step runs in N data-parallel processes (:mod:`kdlib.runs.launch`).
 
 Exit status: 0 done; 1 a notebook (or, in a batch, a pair) failed; 2 bad input (one ``error:`` line).
 """
@@ -12,6 +14,7 @@ Exit status: 0 done; 1 a notebook (or, in a batch, a pair) failed; 2 bad input (
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="redo every step of the run folder (the world is kept)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--notebooks", default=None, help=argparse.SUPPRESS)  # a copy of notebooks/ (tests)
+    run.add_argument("--torchrun", default=None, metavar="N", help="train in N data-parallel processes (torchrun; default 1)")
     batch = sub.add_parser("batch", help="one run folder per teacher/student pair, and a summary across pairs")
     batch.add_argument("pairs", nargs="+", help="study params YAML files, e.g. params/pairs/*.yaml")
     batch.add_argument("--jobs", type=int, default=1, help="pairs run at the same time, each its own process (default 1)")
@@ -34,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--force", action="store_true", help="pass --force to every pair")
     batch.add_argument("--quiet", action="store_true", help="no progress lines")
     batch.add_argument("--notebooks", default=None, help=argparse.SUPPRESS)
+    batch.add_argument("--torchrun", default=None, metavar="N", help="each pair trains in N data-parallel processes (torchrun)")
     again = sub.add_parser("notebooks", help="re-execute the committed notebooks in place (make notebooks)")
     again.add_argument("paths", nargs="*", help="notebooks (default: every notebook of notebooks/, in order)")
     again.add_argument("--keep", action="store_true", help="reuse the run folder and world (default: start fresh)")
@@ -41,9 +46,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    from kdlib.runs.launch import ENV, torchrun_processes
     from kdlib.runs.notebooks import NotebookFailed
     from kdlib.runs.runner import run_notebooks
 
+    if args.torchrun is not None:  # read by the training step in the notebooks' kernels (kdlib.runs.launch)
+        os.environ[ENV] = str(torchrun_processes(args.torchrun))
     try:
         folder = run_notebooks(args.params, args.out, force=args.force, progress=not args.quiet,
                                source=Path(args.notebooks) if args.notebooks else None)
@@ -59,7 +67,7 @@ def _batch(args) -> int:
     from kdlib.runs.batch import run_batch
 
     result = run_batch([Path(p) for p in args.pairs], jobs=args.jobs, out=args.out, force=args.force,
-                       quiet=args.quiet, notebooks=args.notebooks)
+                       quiet=args.quiet, notebooks=args.notebooks, torchrun=args.torchrun)
     print(f"summary: {result.summary}")
     failed = [p.name for p in result.pairs if p.status != "ok"]
     if failed:

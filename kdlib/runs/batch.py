@@ -5,7 +5,8 @@ wider teacher). Every file is validated and checked before any pair starts (a ba
 nothing runs). The generated worlds the pairs use are made first, one after the other, in this process:
 pairs usually share one world, and two processes generating it at once would find it locked. Then
 each pair runs in its own process (``python -m kdlib.runs run PAIR --quiet``), ``N``
-at a time, into its own run folder; a pair that fails is reported (its error line, its log) and the
+at a time (with ``--torchrun M`` each pair's training step runs in M data-parallel processes,
+:mod:`kdlib.runs.launch`), into its own run folder; a pair that fails is reported (its error line, its log) and the
 others go on; the exit status is 1 when any pair failed. Last, the batch folder
 ``<output_root>/batch-<8 hex digits of the pair files' params>/`` gets:
 
@@ -35,6 +36,7 @@ from kdlib.layout import StudyFolder
 from kdlib.locks import folder_lock
 from kdlib.params import StudyParams, to_dict
 from kdlib.runs import present, runner, steps
+from kdlib.runs.launch import torchrun_processes
 
 LOCATION_KEYS = ("data_root", "output_root")  # where things go does not make another batch
 
@@ -80,12 +82,15 @@ def _error_line(log: Path, returncode: int) -> str:
     return lines[-1][len("error: "):] if lines else f"exit status {returncode} (see {log})"
 
 
-def run_pair(name: str, path: Path, study: StudyParams, logs: Path, force: bool, notebooks: Optional[str]) -> PairResult:
-    """One pair in its own process; its output into ``logs/<name>.log``."""
+def run_pair(name: str, path: Path, study: StudyParams, logs: Path, force: bool, notebooks: Optional[str],
+             torchrun: int = 1) -> PairResult:
+    """One pair in its own process (its training in ``torchrun`` processes when > 1, :mod:`kdlib.runs.launch`);
+    its output into ``logs/<name>.log``."""
     folder = StudyFolder.for_study(study).root
     command = [sys.executable, "-m", "kdlib.runs", "run", str(path.resolve()), "--quiet"]
     command += ["--force"] if force else []
     command += ["--notebooks", str(notebooks)] if notebooks else []
+    command += ["--torchrun", str(torchrun)] if torchrun > 1 else []
     log = logs / f"{name}.log"
     start = time.perf_counter()
     with open(log, "w", encoding="utf-8") as out:
@@ -140,10 +145,12 @@ def make_worlds(studies: list[StudyParams], quiet: bool = False) -> list[Path]:
 
 
 def run_batch(paths: list[Path], jobs: int = 1, out: Optional[str | Path] = None, force: bool = False,
-              quiet: bool = False, notebooks: Optional[str] = None) -> BatchResult:
-    """Run every pair (see the module docstring); the batch folder, its summary and each pair's result."""
+              quiet: bool = False, notebooks: Optional[str] = None, torchrun: Optional[int | str] = None) -> BatchResult:
+    """Run every pair (see the module docstring); the batch folder, its summary and each pair's result.
+    ``torchrun``: each pair's training step in that many data-parallel processes (default 1)."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise KdlibError(f"--jobs = {jobs!r} is not valid; valid: an integer >= 1")
+    processes = 1 if torchrun is None else torchrun_processes(str(torchrun))
     pairs = load_pairs(paths)
     studies = {name: study for name, (_, study) in pairs.items()}
     root = Path(out) if out is not None else Path(next(iter(studies.values())).output_root)
@@ -153,7 +160,8 @@ def run_batch(paths: list[Path], jobs: int = 1, out: Optional[str | Path] = None
         (folder / "logs").mkdir(exist_ok=True)
         make_worlds(list(studies.values()), quiet)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(run_pair, n, p, s, folder / "logs", force, notebooks): n for n, (p, s) in pairs.items()}
+            futures = {pool.submit(run_pair, n, p, s, folder / "logs", force, notebooks, processes): n
+                       for n, (p, s) in pairs.items()}
             for future in as_completed(futures):
                 pair = future.result()
                 results[pair.name] = pair

@@ -36,6 +36,7 @@ from kdlib.digest import state_digest
 from kdlib.errors import KdlibError
 from kdlib.layout import StudyFolder
 from kdlib.params import RunInstance, StudyParams, to_dict
+from kdlib.runs import launch
 
 IOU_THRESHOLDS = (0.04, 0.05)  # Network Dissection's and Han et al.'s; both always reported
 
@@ -90,10 +91,15 @@ def probe_set(study: StudyParams) -> BrodenDataset:
 def train(study: StudyParams, folder: StudyFolder, names: Optional[list[str]] = None,
           progress: bool = True) -> dict[str, "RunResult"]:  # noqa: F821
     """Train the networks of runs ``names`` (default: all; teachers first, each student at each seed),
-    resuming interrupted ones and returning finished ones as they are: ``{network key: RunResult}``."""
-    from kdlib.train import fit_study
+    resuming interrupted ones and returning finished ones as they are: ``{network key: RunResult}``. With
+    ``KDLIB_TORCHRUN=N`` > 1 (``--torchrun N``) they train in N data-parallel processes (:mod:`kdlib.runs.launch`)."""
+    from kdlib.train import RunResult, fit_study
 
-    return {r.name: r for r in fit_study(study, folder, names, progress=progress)}
+    n = launch.torchrun_processes()
+    if n == 1:
+        return {r.name: r for r in fit_study(study, folder, names, progress=progress)}
+    launch.train_under_torchrun(n, study.source, folder.root, names)
+    return {i.key: RunResult.from_done(layout.read_done(folder.run(i.key), "train")) for i in study.instances(names)}
 
 
 def trained(study: StudyParams, folder: StudyFolder) -> dict[str, "RunResult"]:  # noqa: F821

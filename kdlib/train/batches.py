@@ -12,8 +12,9 @@ Two sources with one interface (``train.batches``):
   split with torchvision's transforms; augmentation draws come from the global RNG (or the workers'
   seeds), which the session seeds per epoch.
 
-The plan of an epoch depends only on (seed, epoch), never on which process asks, so a data-parallel
-rank can take its share of every batch (``rank::world``) from the same plan.
+The plan of an epoch depends only on (seed, epoch), never on which process asks, so under torchrun
+each rank takes its contiguous chunk of every batch of the same plan (:mod:`kdlib.train.distributed`):
+the ranks' batches together are the single-process batch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Iterator
 import torch
 
 from kdlib.data.tensors import augment, padding, split_tensor, to_input
-from kdlib.train.loaders import eval_loader, train_loader
+from kdlib.train import distributed
+from kdlib.train.loaders import eval_loader, rank_loader, train_loader
 from kdlib.train.seeding import derive
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images (float, normalised), targets, dataset indices
@@ -74,7 +76,7 @@ class MemoryBatches:
     def epoch(self, seed: int, epoch: int, prefix: tuple = ()) -> Iterator[Batch]:
         order, dy, dx, flip = self.plan(seed, epoch, prefix)
         for start in range(0, order.numel(), self.batch_size):
-            pick = slice(start, start + self.batch_size)
+            pick = distributed.share(torch.arange(start, min(start + self.batch_size, order.numel())))
             index = order[pick].to(self.device)
             images = self.images[index]
             if self.augmented:
@@ -93,10 +95,23 @@ class LoaderBatches:
         return math.ceil(len(self.split) / self.batch_size)
 
     def epoch(self, seed: int, epoch: int, prefix: tuple = ()) -> Iterator[Batch]:
+        if distributed.ranks().parallel:
+            yield from self._rank_epoch(seed, epoch, prefix)
+            return
         loader = train_loader(self.split, self.batch_size, derive(seed, *prefix, "order", epoch), self.num_workers,
                               self.device.type == "cuda")
         torch.empty((), dtype=torch.int64).random_(generator=loader.generator)  # the iterator kdlib 0.1 discarded
         for images, targets, indices in loader:
+            yield (_layout(images.to(self.device, non_blocking=True), self.channels_last),
+                   targets.to(self.device, non_blocking=True), indices.to(self.device, non_blocking=True))
+
+
+    def _rank_epoch(self, seed: int, epoch: int, prefix: tuple) -> Iterator[Batch]:
+        """Under torchrun: this rank's chunk of every batch of the single-process order
+        (:func:`loader_order`); the transforms' draws come from each rank's global RNG."""
+        order = loader_order(len(self.split), derive(seed, *prefix, "order", epoch))
+        chunks = [distributed.share(order[i:i + self.batch_size]).tolist() for i in range(0, order.numel(), self.batch_size)]
+        for images, targets, indices in rank_loader(self.split, chunks, self.num_workers, self.device.type == "cuda"):
             yield (_layout(images.to(self.device, non_blocking=True), self.channels_last),
                    targets.to(self.device, non_blocking=True), indices.to(self.device, non_blocking=True))
 

@@ -45,7 +45,7 @@ from kdlib.errors import KdlibError
 from kdlib.models import checkpoint
 from kdlib.models.inference import fold_batchnorm
 from kdlib.params import RunInstance, StudyParams, TrainParams
-from kdlib.train import runfiles
+from kdlib.train import distributed, runfiles
 from kdlib.train.optim import check_names
 from kdlib.train.seeding import deterministic, rng_state, set_rng_state, torch_threads
 from kdlib.train.session import NetworkSpec, TrainingSession, initial_network, teacher_channels_last
@@ -133,18 +133,20 @@ def fit_stack(study: StudyParams, insts: Sequence[RunInstance], folders: Sequenc
     train = _common_train(study, insts)
     where = f"{study.source}: {insts[0].name}"
     check_names(train.optimizer, train.schedule, f"{where}.train")
-    device = resolve_device(train.device, f"{where}.train.device")
+    device = distributed.rank_device(resolve_device(train.device, f"{where}.train.device"))
+    progress = progress and distributed.ranks().main
     with deterministic(train.deterministic), torch_threads(train.threads):
         loading = dataclasses.replace(train, cache_images=train.cache_images and train.batches == "loader")
         splits = load_splits(study, loading, progress)
         modules, names, states = _teachers(teachers, len(splits.classes), device, train, where)
         runs = [_Run(i, Path(f), None if t is None else str(t)) for i, f, t in zip(insts, folders, teachers)]
-        runfiles.recover([r.folder for r in runs])
+        _on_main(runfiles.recover, [r.folder for r in runs])
         stack = [r.inst.key for r in runs] if len(runs) > 1 else []
         for r in runs:
-            r.ident = runfiles.identity(study, r.inst.run, train, r.inst.seed, states.get(r.teacher), stack)
+            r.ident = runfiles.identity(study, r.inst.run, train, r.inst.seed, states.get(r.teacher), stack, distributed.ranks().size)
             r.state = runfiles.existing(r.folder, r.ident, r.inst.run.model, len(splits.classes), f"{study.source}: {r.where}")
             r.done = layout.read_done(r.folder, "train") if r.state is not None else None
+        distributed.check_same([r.ident for r in runs], where)  # also: every rank has read the folders
         if all(r.done is not None for r in runs):
             return [RunResult.from_done(r.done) for r in runs]
         specs = [NetworkSpec(r.inst.key, r.inst.run, r.inst.seed, r.teacher, f"{study.source}: {r.where}",
@@ -181,8 +183,15 @@ def _checkpoint(session: TrainingSession, runs: list[_Run], spec: dict, g: int, 
             "history": r.history}
 
 
+def _on_main(write: Callable, *args) -> None:
+    """``write(*args)`` on rank 0 alone (every process when not under torchrun); the others wait for it."""
+    if distributed.ranks().main:
+        write(*args)
+    distributed.barrier()
+
+
 def _save(session: TrainingSession, runs: list[_Run], spec: dict, epoch: int) -> None:
-    runfiles.save([(r.folder, _checkpoint(session, runs, spec, g, epoch)) for g, r in enumerate(runs)])
+    _on_main(lambda: runfiles.save([(r.folder, _checkpoint(session, runs, spec, g, epoch)) for g, r in enumerate(runs)]))
 
 
 def _start(session: TrainingSession, runs: list[_Run], spec: dict) -> tuple[int, Optional[int]]:
@@ -190,8 +199,7 @@ def _start(session: TrainingSession, runs: list[_Run], spec: dict) -> tuple[int,
     the first epoch to train and the epoch resumed from."""
     have = [r.state for r in runs]
     if all(s is None for s in have):
-        for r in runs:
-            runfiles.write_params(r.folder, r.ident)
+        _on_main(lambda: [runfiles.write_params(r.folder, r.ident) for r in runs])
         run_stages(session)
         _save(session, runs, spec, 0)
         return 1, None
@@ -222,8 +230,7 @@ def _epochs(session: TrainingSession, runs: list[_Run], spec: dict, start: int, 
         for r, row, (val_loss, val_acc) in zip(runs, rows, scores):
             r.history.append({"epoch": epoch, **row, "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds})
         _save(session, runs, spec, epoch)
-        for r in runs:
-            runfiles.write_metrics(r.folder, r.history)
+        _on_main(lambda: [runfiles.write_metrics(r.folder, r.history) for r in runs])
         bar.set_postfix(loss=f"{runs[0].history[-1]['loss']:.4f}", val_acc=f"{runs[0].history[-1]['val_acc']:.3f}")
         if on_epoch is not None:
             on_epoch([r.inst.key for r in runs], epoch)
@@ -243,6 +250,6 @@ def _finish(session: TrainingSession, runs: list[_Run], splits, resumed_from: Op
             train_acc=last["train_acc"], val_acc=last["val_acc"], test_acc=test_acc,
             seconds=round(sum(row["seconds"] for row in r.history), 3), resumed_from=resumed_from,
         )
-        layout.write_done(r.folder, "train", **asdict(result))
+        _on_main(lambda: layout.write_done(r.folder, "train", **asdict(result)))
         results.append(result)
     return results

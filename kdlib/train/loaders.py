@@ -15,5 +15,10 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int,
     )
 
 
+def rank_loader(dataset: Dataset, batches: list[list[int]], num_workers: int, pin: bool) -> DataLoader:
+    """A loader over the given batches of indices, in order (a data-parallel rank's share of an epoch)."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin)
+
+
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin)

@@ -1,14 +1,17 @@
 """Which networks of a study train together, and how many training processes run at once.
 
 :func:`plan` cuts the study into groups, from the params alone (never from the machine or the runs a
-caller selects, so a network's weights do not depend on either):
+caller selects, so a network's weights do not depend on either; under torchrun, whose world size is part
+of every run's identity, nothing is stacked):
 
 * every teacher trains alone (a stacked ``resnet34_w16`` was slower per image than two alone), after
   the teacher it distils from, if any;
 * students of one seed that share the model, its options and the ``train`` section, whose losses have
   no pre-training stage and one view, are stacked up to ``train.stack`` at a time
   (:mod:`kdlib.models.stacked`): the students of one teacher go into one stack where they fit (that
-  teacher then runs once per batch for all of them); the rest train alone.
+  teacher then runs once per batch for all of them); the rest train alone. Under torchrun
+  (:mod:`kdlib.train.distributed`) every network trains alone (stacks are not data-parallel), and
+  :func:`fit_study` says so in one line.
 
 :func:`fit_study` trains the groups holding the selected networks (a selected network's whole stack,
 so that it is trained with the company its identity records) in up to ``jobs`` processes at once,
@@ -38,6 +41,7 @@ from kdlib.losses import build_objective
 from kdlib.models import build
 from kdlib.models.stacked import StackedNetwork
 from kdlib.params import RunInstance, StudyParams, to_dict
+from kdlib.train import distributed
 from kdlib.train.check import check_study
 from kdlib.train.fit import RunResult, fit_stack, teacher_checkpoint
 
@@ -58,7 +62,7 @@ class Group:
 def _stack_key(study: StudyParams, inst: RunInstance) -> Optional[str]:
     """What networks must share to be stacked; None for a network that trains alone."""
     train = study.train_for(inst.run)
-    if inst.role != "student" or train.stack < 2 or train.batches != "memory":
+    if inst.role != "student" or train.stack < 2 or train.batches != "memory" or distributed.ranks().parallel:
         return None
     objective = build_objective(inst.run.loss, f"{study.source}: {inst.name}.loss")
     if objective.has_stages or objective.views != 1:
@@ -136,6 +140,7 @@ def fit_study(study: StudyParams, folder: "layout.StudyFolder", names: Optional[
     chosen = {i.key for i in instances}
     groups = [g for g in plan(study) if chosen & set(g.keys)]
     check_stacks(study, groups)
+    jobs = _check_torchrun(study, groups, jobs)
     trained = {k for g in groups for k in g.keys}
     for g in groups:
         for inst in g.insts:
@@ -150,13 +155,33 @@ def fit_study(study: StudyParams, folder: "layout.StudyFolder", names: Optional[
     return [results[k] for g in groups for k in g.keys]
 
 
+def _check_torchrun(study: StudyParams, groups: Sequence[Group], jobs: Optional[int]) -> Optional[int]:
+    """Under torchrun every rank trains the groups one after the other, in its own process, unstacked;
+    a loss with pre-training stages is refused before any training."""
+    r = distributed.ranks()
+    if not r.parallel:
+        return jobs
+    for inst in (i for g in groups for i in g.insts):
+        if build_objective(inst.run.loss, f"{study.source}: {inst.name}.loss").has_stages:
+            raise KdlibError(f"{study.source}: {inst.name}.loss has pre-training stages, which do not run under torchrun yet; "
+                             "valid: a loss without stages (not FT, SSKD or a FitNets hint stage), or one process")
+    if jobs is not None and jobs > 1:
+        raise KdlibError(f"--jobs = {jobs} under torchrun ({r.size} processes); valid: --jobs 1 (torchrun is the parallelism)")
+    stacks = sorted({study.train_for(i.run).stack for g in groups for i in g.insts if i.role == "student"} - {1})
+    if stacks and r.main:
+        print(f"torchrun ({r.size} processes): train.stack = {stacks[0]} is not used, every network trains alone", flush=True)
+    return 1
+
+
 def _train_group(study: StudyParams, folder: "layout.StudyFolder", group: Group, progress: bool, on_epoch=None) -> list[RunResult]:
     """Train one group in this process, holding the lock of each of its run folders."""
     folders = [folder.run(k) for k in group.keys]
     teachers = [teacher_checkpoint(study, i, folder) for i in group.insts]
     with contextlib.ExitStack() as locks:
-        for f in folders:
-            locks.enter_context(folder_lock(f, "training run"))
+        if distributed.ranks().main:  # under torchrun rank 0 holds the locks for all ranks
+            for f in folders:
+                locks.enter_context(folder_lock(f, "training run"))
+        distributed.barrier()
         return fit_stack(study, list(group.insts), folders, teachers, progress, on_epoch)
 
 

@@ -32,10 +32,11 @@ def _plain(obj):
 
 
 def identity(study: StudyParams, run: RunParams, train: TrainParams, seed: int, teacher_state: Optional[dict],
-             stack: Sequence[str] = ()) -> dict:
+             stack: Sequence[str] = (), world_size: int = 1) -> dict:
     """The params a run's weights depend on (not the device): what a checkpoint records and resume compares.
     ``stack`` names the networks it is trained with when stacked (their float sums differ from a network
-    trained alone, so the company is part of the identity)."""
+    trained alone, so the company is part of the identity); so is ``world_size`` under torchrun (each
+    rank's BatchNorm statistics on the CPU, and the float sums, depend on it)."""
     train_dict = to_dict(train)
     train_dict.pop("device")
     if study.data.imagefolder is not None:
@@ -48,6 +49,8 @@ def identity(study: StudyParams, run: RunParams, train: TrainParams, seed: int, 
     ident = {"run": to_dict(run), "train": train_dict, "seed": seed, "data": data, "teacher": teacher}
     if len(stack) > 1:
         ident["stack"] = list(stack)
+    if world_size > 1:
+        ident["world_size"] = world_size
     return _plain(ident)
 
 

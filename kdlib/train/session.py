@@ -17,9 +17,10 @@ elementwise), its own random stream for loss randomness and its own checkpoint (
 What it holds: the batches (:mod:`kdlib.train.batches`), the frozen teachers, the student network,
 every network's objective, the optimizer, the schedule, the :class:`Stepper` and the
 :class:`~kdlib.train.step.Forwarder`. It does not know run folders or checkpoints' files
-(:mod:`kdlib.train.fit` does). For data-parallel training later, ``batches`` is where a rank takes its
-share of each batch and :class:`Stepper` where gradients are reduced; nothing else assumes that one
-process sees the whole batch (statistics are sums and counts).
+(:mod:`kdlib.train.fit` does). Under torchrun (:mod:`kdlib.train.distributed`) ``batches`` gives each
+rank its share of every batch, the student forward runs through the DDP wrapper (:attr:`ddp`),
+:class:`Stepper` averages the objectives' own gradients, and an epoch's statistics (sums and counts)
+are summed over the ranks; one network per session (no stacks).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from kdlib.losses import Objective, SetupContext, build_objective
 from kdlib.models import build
 from kdlib.models.stacked import StackedNetwork
 from kdlib.params import RunParams, TrainParams
+from kdlib.train import distributed
 from kdlib.train.batches import LoaderBatches, MemoryBatches, eval_batches
 from kdlib.train.optim import build_optimizer, build_scheduler, member_optimizer_state, stacked_optimizer_state
 from kdlib.train.seeding import RandomStream, derive, seed_everything
@@ -62,13 +64,15 @@ def teacher_channels_last(device: torch.device, train: TrainParams) -> bool:
 class Stepper:
     """Backward and optimizer step, with loss scaling for float16 AMP on CUDA."""
 
-    def __init__(self, optimizer, amp: bool, device: torch.device):
+    def __init__(self, optimizer, amp: bool, device: torch.device, outside: Sequence[nn.Parameter] = ()):
         self.optimizer = optimizer
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+        self.outside = list(outside)  # parameters outside the DDP wrapper: gradients averaged over ranks
 
     def __call__(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.outside)
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
@@ -119,6 +123,7 @@ class TrainingSession:
         self.network = StackedNetwork(nets, specs[0].run.model) if len(nets) > 1 else nets[0]
         if train.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
+        self.ddp = self._data_parallel(specs)
         self.memory = train.batches == "memory"
         self.batches = self._batches(splits)
         stacked = [p for p in self.network.parameters() if p.requires_grad]
@@ -126,7 +131,7 @@ class TrainingSession:
         self._layout = (len(stacked), _ranges(len(stacked), [len(o) for o in own]))
         self.optimizer = build_optimizer(chain(stacked, *own), train.optimizer, f"{specs[0].where}.train")
         self.scheduler = build_scheduler(self.optimizer, train.schedule, train.epochs, f"{specs[0].where}.train", len(self.batches))
-        self.stepper = Stepper(self.optimizer, train.amp, device)
+        self.stepper = Stepper(self.optimizer, train.amp, device, list(chain(*own)))
         self.forwarder = self.forwarder_for(self.network, [m.objective for m in self.members], self.views)
         self._val = None
 
@@ -146,6 +151,18 @@ class TrainingSession:
         ))
         objective.to(self.device)
         return Member(spec, network, objective, spec.teacher if objective.needs_teacher else None)
+
+    def _data_parallel(self, specs: Sequence[NetworkSpec]) -> nn.Module:
+        """The student as called in training: its DDP wrapper under torchrun, else the network."""
+        if not distributed.ranks().parallel:
+            return self.network
+        if len(specs) > 1:
+            raise KdlibError(f"{specs[0].where}: a stack of {len(specs)} networks under torchrun; valid: train.stack: 1")
+        if self.members[0].objective.has_stages:
+            raise KdlibError(f"{specs[0].where}.loss has pre-training stages, which do not run under torchrun yet; "
+                             "valid: a loss without stages (not FT, SSKD or a FitNets hint stage), or one process")
+        distributed.check_batch(self.train.batch_size, self.splits.train.targets.numel(), f"{specs[0].where}.train")
+        return distributed.wrap(self.network, self.device)
 
     def _batches(self, splits):
         t = self.train
@@ -172,7 +189,8 @@ class TrainingSession:
             t_layers = {k: list(teacher_layers) for k in t_layers}
         t = self.train
         return Forwarder(student, self.teachers, keys, s_layers, t_layers, views, self.device, t.amp, t.channels_last,
-                         t.teacher_amp, teacher_channels_last(self.device, t))
+                         t.teacher_amp, teacher_channels_last(self.device, t),
+                         forward=self.ddp if student is self.network else None)
 
     def __enter__(self) -> "TrainingSession":
         self.forwarder.__enter__()
@@ -232,7 +250,8 @@ class TrainingSession:
                 bar.set_postfix(loss=f"{sums[0][0].item() / seen:.4f}", acc=f"{sums[0][1].item() / seen:.3f}")
         if not self.train.schedule.per_step:
             self.scheduler.step()
-        return [_row(lr, s.tolist(), names, seen) for s, names in zip(sums, labels)]
+        seen = int(distributed.sum_over_ranks(torch.tensor([seen])).item())
+        return [_row(lr, distributed.sum_over_ranks(s).tolist(), names, seen) for s, names in zip(sums, labels)]
 
     def step(self, images, targets, indices, epoch: int = 0, step: int = 0):
         """One optimisation step of every network on one batch (inside ``with session``, after
@@ -241,6 +260,9 @@ class TrainingSession:
         ios = self.forwarder(images, targets, indices, epoch=epoch, step=step)
         total, parts = self._losses(ios)
         self._finite(total, parts, epoch, step)
+        if self.ddp is not self.network:
+            n, size = self.splits.train.targets.numel(), self.train.batch_size
+            total = total * distributed.loss_weight(targets.numel(), min(size, n - step * size))
         self.stepper(total)
         if self.train.schedule.per_step:
             self.scheduler.step()

@@ -52,14 +52,17 @@ class Forwarder:
     """``with Forwarder(...) as fw: ios = fw(images, targets, indices)``: one StepIO per network.
 
     ``member_teachers[g]`` names the teacher (a key of ``teachers``) network ``g`` distils from, or None;
-    ``teacher_layers`` maps each teacher to the paths captured from it."""
+    ``teacher_layers`` maps each teacher to the paths captured from it; ``forward`` is what the student
+    forward calls (its DDP wrapper under torchrun; layers are captured on ``student`` itself)."""
 
     def __init__(
         self, student: Optional[nn.Module], teachers: Mapping[str, nn.Module], member_teachers: Sequence[Optional[str]],
         student_layers: Sequence[str], teacher_layers: Mapping[str, Sequence[str]], views: int, device: torch.device,
         amp: bool = False, channels_last: bool = False, teacher_amp: bool = False, teacher_channels_last: bool = False,
+        forward: Optional[nn.Module] = None,
     ):
         self.student, self.member_teachers = student, list(member_teachers)
+        self.forward = forward if forward is not None else student  # what the student forward calls (a DDP wrapper)
         used = {t for t in self.member_teachers if t is not None}
         self.teachers = {k: m for k, m in teachers.items() if k in used}
         self.student_layers = list(student_layers) if student is not None else []
@@ -94,7 +97,7 @@ class Forwarder:
     def _student(self, images: torch.Tensor):
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         with autocast(self.device, self.amp):
-            out = self.student(images.contiguous(memory_format=fmt))
+            out = self.forward(images.contiguous(memory_format=fmt))
         logits = [z.float() for z in member_logits(out, self.members)]
         io = _float32(self.student_capture.io_dict()) if self.student_capture is not None else {}
         per_member = [{p: {k: member_slices(v, self.members, 1)[g] for k, v in d.items()} for p, d in io.items()}
