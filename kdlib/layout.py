@@ -83,8 +83,11 @@ class StudyFolder:
 
     @classmethod
     def for_study(cls, study: StudyParams, out: str | os.PathLike | None = None) -> "StudyFolder":
-        """``out`` when given (any folder), else ``<output_root>/<run id>``."""
-        return cls(Path(out) if out is not None else Path(study.output_root) / run_id(study))
+        """``out`` when given (any folder), else ``<output_root>/<run id>``; one line when it is a file."""
+        root = Path(out) if out is not None else Path(study.output_root) / run_id(study)
+        if root.exists() and not root.is_dir():
+            raise KdlibError(f"run folder {str(root)!r} is a file; valid: a folder (or a path that does not exist)")
+        return cls(root)
 
     def _under(self, *parts: str) -> Path:
         for part in parts:

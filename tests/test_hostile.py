@@ -271,7 +271,9 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, tiny_wo
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
 
     proc = run_tool(["kdlib.runs", "run", str(study), "--quiet"], tmp_path, preexec_fn=small_files)
-    assert_one_line_refusal(proc, "file too large")
+    # the runner: a notebook that stops on an environment failure is status 1 (kdlib.runs), one line naming it
+    assert_one_line_refusal(proc, "File too large", status=1)
+    assert proc.stderr.startswith("error: notebook ")
     assert_nothing_half_written(tmp_path / "outputs")
     assert not list((tmp_path / "outputs").rglob("done"))
 

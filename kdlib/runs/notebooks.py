@@ -83,7 +83,8 @@ def _interpreter_kernel_manager():
         def kernel_spec(self) -> KernelSpec:
             if self._kernel_spec is None:
                 self._kernel_spec = KernelSpec(
-                    argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                          "--IPKernelApp.log_level=ERROR"],  # no kernel start-up warnings on stderr
                     display_name=f"Python {sys.version_info[0]} ({sys.executable})",
                     language="python",
                 )
