@@ -5,6 +5,7 @@
     python -m kdlib.runs run PARAMS.yaml [--out DIR] [--force] [--quiet] [--torchrun N]     # make study
     python -m kdlib.runs batch PAIR.yaml ... [--jobs N] [--force] [--quiet] [--torchrun N]  # one run folder per pair
     python -m kdlib.runs notebooks [NOTEBOOK.ipynb ...] [--keep]               # make notebooks
+    python -m kdlib.runs headline PARAMS.yaml [--out DIR]                      # the results table (Markdown)
 
 ``--torchrun N``: the training step runs in N data-parallel processes (:mod:`kdlib.runs.launch`).
 
@@ -42,7 +43,24 @@ def _parser() -> argparse.ArgumentParser:
     again = sub.add_parser("notebooks", help="re-execute the committed notebooks in place (make notebooks)")
     again.add_argument("paths", nargs="*", help="notebooks (default: every notebook of notebooks/, in order)")
     again.add_argument("--keep", action="store_true", help="reuse the run folder and world (default: start fresh)")
+    head = sub.add_parser("headline", help="print a finished study's headline table (Markdown) from its summary")
+    head.add_argument("params", help="the study params YAML the run folder was made from")
+    head.add_argument("--out", default=None, help="run folder (default: <output_root>/<run id>)")
     return p
+
+
+def _headline(args) -> int:
+    from kdlib.layout import StudyFolder
+    from kdlib.params import load_study
+    from kdlib.runs import headline, steps
+
+    study = load_study(args.params)
+    folder = StudyFolder.for_study(study, args.out)
+    summary = steps.read_table(folder, "summary")
+    nulls = [r for r in dict.fromkeys(summary["run"]) if str(r).startswith("random-")]
+    runs = [r.name for r in study.teachers] + [r.name for r in study.students] + nulls
+    print(headline.markdown(headline.table(summary, runs, study.dissect.layers[-1])))
+    return 0
 
 
 def _run(args) -> int:
@@ -94,7 +112,7 @@ def _notebooks(args) -> int:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"run": _run, "batch": _batch, "notebooks": _notebooks}[args.command](args)
+    return {"run": _run, "batch": _batch, "notebooks": _notebooks, "headline": _headline}[args.command](args)
 
 
 if __name__ == "__main__":
