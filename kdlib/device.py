@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator, Optional
+
 import torch
 
 from kdlib.errors import KdlibError
@@ -31,3 +34,18 @@ def resolve_device(spec: str | torch.device | None = "auto", where: str = "devic
                 f"valid: cuda:0..cuda:{torch.cuda.device_count() - 1}"
             )
     return device
+
+
+@contextlib.contextmanager
+def torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` for the block, then restored (None: left as set).
+
+    Results depend on it (a reduction split over more threads sums in another order), so training,
+    retraining and dissection set it from params instead of taking whatever ``OMP_NUM_THREADS`` gives."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

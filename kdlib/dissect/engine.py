@@ -65,7 +65,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdlib.data.broden_labels import label_cache
-from kdlib.device import resolve_device
+from kdlib.device import resolve_device, torch_threads
 from kdlib.dissect import budget, shard
 from kdlib.dissect import cache as cache_mod
 from kdlib.dissect.batches import FeatureCache, make_loader
@@ -246,19 +246,9 @@ def _at_image_size(dataset, image_size: int | None):
     return view
 
 
-@contextlib.contextmanager
 def _threads(threads: int | None, device: torch.device):
-    """The engine's thread policy (module docstring): torch's thread count for the run, restored after."""
-    if threads is None or device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
+    """The engine's thread policy (module docstring): torch's thread count for a CPU run, restored after."""
+    return torch_threads(threads if device.type == "cpu" else None)
 
 
 @contextlib.contextmanager

@@ -16,16 +16,15 @@ atomically, and read back instead of retraining. ``seconds`` and ``trained`` / `
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from kdlib import atomic
-from kdlib.device import resolve_device
+from kdlib.device import resolve_device, torch_threads
 from kdlib.digest import json_digest, tensor_digest
 from kdlib.errors import KdlibError
 from kdlib.models import build
@@ -35,17 +34,6 @@ from kdlib.train.optim import build_optimizer, build_scheduler
 from kdlib.train.seeding import derive, deterministic
 
 EVAL_BATCH = 512
-
-
-@contextlib.contextmanager
-def torch_threads(threads: Optional[int]) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class Retrainer:

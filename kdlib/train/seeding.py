@@ -16,6 +16,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from kdlib.device import torch_threads  # noqa: F401  (re-exported: training's thread policy)
+
 
 def derive(seed: int, *parts) -> int:
     """A seed for the stream named ``parts`` of run seed ``seed``."""
@@ -75,20 +77,6 @@ def deterministic(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.benchmark = before[2]
         fill.fill_uninitialized_memory = before[3]
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op thread count set to ``threads`` for the block (``train.threads``), then restored.
-
-    Results depend on it (a reduction split over more threads sums in another order), so training sets
-    it from params instead of taking whatever the machine or ``OMP_NUM_THREADS`` gives."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _get_state(device: torch.device) -> torch.Tensor:
