@@ -158,7 +158,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     # -- kill/resume and DataLoader workers ------------------------------------------------------------------
     Mutation("resume-without-scheduler-state", NARROW, "kdlib/train/session.py",
              'self.scheduler.load_state_dict(states[0]["scheduler_state"])', "pass  # mutation: scheduler not restored",
-             ("tests/test_train.py::test_runs_killed_at_random_moments_resume_to_identical_weights",), slow=True),
+             ("tests/test_train.py::test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_weights",
+              "tests/test_train.py::test_runs_killed_at_random_moments_resume_to_identical_weights"), slow=True),
     Mutation("train-workers-unseeded-order", NARROW, "kdlib/train/loaders.py",
              "shuffle=True, generator=generator, num_workers=num_workers,",
              "shuffle=True, generator=generator if num_workers == 0 else None, num_workers=num_workers,",
