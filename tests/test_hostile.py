@@ -369,8 +369,10 @@ def test_world_cli_refusals(tmp_path, args, needle):
 
 
 def test_world_cli_out_is_a_file(tmp_path):
+    """The generator's own refusal, not the OS error a later step would hit (that one also says "is a file":
+    "a part of the path is a file, not a folder")."""
     (tmp_path / "w").write_text("x")
     proc = run_tool(["kdlib.data.world", "--profile", "tiny", "--out", str(tmp_path / "w")], tmp_path)
-    assert_one_line_refusal(proc, "is a file")
+    assert_one_line_refusal(proc, f"error: output {str(tmp_path / 'w')!r} is a file; valid: a new or empty folder, or an existing world")
     assert (tmp_path / "w").read_text() == "x"
 

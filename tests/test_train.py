@@ -135,6 +135,36 @@ def test_runs_killed_at_random_moments_resume_to_identical_weights(tiny_world, t
         assert not (a / "checkpoint.next.pt").exists()
 
 
+class _Stop(Exception):
+    """Raised by an epoch callback: the run stops right after that epoch's checkpoint."""
+
+
+@pytest.mark.slow
+def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_weights(tiny_world, tmp_path):
+    """The kill test's deterministic companion: stopped right after epoch 1's checkpoint, resumed, the end
+    is the uninterrupted run's weights and metrics bit for bit. The learning rate changes at epochs 1 and
+    2, so a resume that lost the scheduler's state (or the optimizer's, or the history) differs; with one
+    milestone at epoch 1 a fresh scheduler would give the right rates by chance."""
+    from kdlib.train import fit_stack
+
+    schedule = {"name": "multistep", "milestones": [1, 2], "gamma": 0.1}
+    whole = fit_named(study(tmp_path / "whole", tiny_world, [SCRATCH], epochs=3, schedule=schedule), "scratch")
+    s = study(tmp_path / "stopped", tiny_world, [SCRATCH], epochs=3, schedule=schedule)
+    folder = run_folder(s, "scratch-s0")
+
+    def stop_after_epoch_1(keys, epoch):
+        if epoch == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        fit_stack(s, s.instances(["scratch"]), [folder], [None], progress=False, on_epoch=stop_after_epoch_1)
+    assert ckpt.load(folder / "checkpoint.pt")["epoch"] == 1 and not (folder / "done").exists()
+    resumed = fit_named(s, "scratch")
+    assert resumed.epoch == 3
+    assert same_weights(weights(Path(whole.checkpoint)), weights(Path(resumed.checkpoint)))
+    assert rows(Path(whole.run_dir) / "metrics.csv") == rows(Path(resumed.run_dir) / "metrics.csv")
+
+
 @pytest.mark.slow
 def test_processes_train_the_same_weights_as_one_process(tiny_world, tmp_path, teacher):
     from kdlib.train import fit_study
