@@ -307,7 +307,7 @@ def test_corrupt_run_folders(tmp_path, tiny_world):
 
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_exit_130_and_resumes(tmp_path, tiny_world):
-    study = params_file(tmp_path, tiny_world, train={**SMALL_TRAIN, "image_size": 24, "epochs": 30,
+    study = params_file(tmp_path, tiny_world, train={**SMALL_TRAIN, "image_size": 24, "epochs": 2000,
                                                         "schedule": {"name": "constant"}}, students=[])
     out = tmp_path / "study"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -328,7 +328,7 @@ def test_ctrl_c_is_one_line_exit_130_and_resumes(tmp_path, tiny_world):
 
 @pytest.mark.slow
 def test_second_process_on_the_same_study_folder_stops_at_once(tmp_path, tiny_world):
-    study = params_file(tmp_path, tiny_world, train={**SMALL_TRAIN, "image_size": 24, "epochs": 30,
+    study = params_file(tmp_path, tiny_world, train={**SMALL_TRAIN, "image_size": 24, "epochs": 2000,
                                                         "schedule": {"name": "constant"}}, students=[])
     out = tmp_path / "study"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -177,7 +177,7 @@ def test_a_rerun_recomputes_nothing_and_prints_the_same_numbers(runs):
 def test_force_redoes_every_step_and_keeps_the_world_and_foreign_files(runs):
     folder = runs["folder"]
     assert runs["forced"].returncode == 0, runs["forced"].stderr[-3000:]
-    assert runs["forced"].stdout.startswith("--force: removed runs, dissect, cache, tables, figures, notebooks, report.html, manifest.json, done")
+    assert runs["forced"].stdout.startswith("--force: removed runs, dissect, sensitivity, cache, tables, figures, notebooks, report.html, manifest.json, done")
     before, after = runs["again_snapshot"], runs["forced_snapshot"]
     assert set(after) == set(before) and all(after[p] != before[p] for p in before), "everything recomputed"
     assert not (folder / "figures" / "stale.png").exists() and (folder / "mine.txt").read_text() == "the user's"

@@ -74,6 +74,8 @@ def _run(args) -> int:
         folder = run_notebooks(args.params, args.out, force=args.force, progress=not args.quiet,
                                source=Path(args.notebooks) if args.notebooks else None)
     except NotebookFailed as exc:
+        if (exc.run.error or "").startswith("KeyboardInterrupt"):  # Ctrl-C reached the kernel mid-cell
+            raise KeyboardInterrupt from None
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"study done: {folder.root}")

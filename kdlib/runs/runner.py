@@ -48,8 +48,8 @@ from kdlib.runs.notebooks import NotebookFailed, execute_notebook
 NOTEBOOKS = ("00_world", "01_teacher", "02_students", "03_dissection", "04_ls_vs_kd", "05_five_band", "06_diffroar",
              "07_report", "08_unit_browser")
 REPORT_NOTEBOOK = "07_report"
-FORCE_REMOVES = ("runs", "dissect", "cache", "tables", "figures", "notebooks", layout.REPORT, layout.MANIFEST,
-                 layout.DONE, layout.FAILED)
+FORCE_REMOVES = ("runs", "dissect", "sensitivity", "cache", "tables", "figures", "notebooks", layout.REPORT,
+                 layout.MANIFEST, layout.DONE, layout.FAILED)
 
 
 @dataclass(frozen=True)
