@@ -41,9 +41,10 @@ def _cell(rows: pd.DataFrame, scale: float, digits: int) -> str:
 
 
 def _rows(summary: pd.DataFrame, run: str, keys: dict[str, Any], layer: str) -> pd.DataFrame:
+    wanted = {**keys, "layer": layer if keys.get("layer") else None}  # ``layer: True``: the layer shown
     rows = summary[summary["run"] == run]
     for key in ("layer", "category", "iou_threshold", "setting", "score"):
-        want = layer if (key == "layer" and keys.get(key)) else (keys.get(key) if key != "layer" else None)
+        want = wanted.get(key)
         rows = rows[rows[key].isna()] if want is None else rows[rows[key] == want]
     return rows[rows["measure"] == keys["measure"]]
 
