@@ -119,6 +119,23 @@ def test_a_failing_cell_names_notebook_cell_and_error_and_keeps_the_output(tmp_p
 
 
 @pytest.mark.slow
+def test_the_kernels_own_stderr_stays_out_of_the_callers_and_its_last_words_name_a_death(tmp_path, capfd):
+    """What the kernel's C libraries print to file descriptor 2 (a libzmq assertion as it dies under a
+    full disk, say) is not the caller's stderr; when the kernel dies, its last line joins the message."""
+    source = _notebook(
+        tmp_path / "dies.ipynb",
+        ["code = 3", "import os\nos.write(2, b'native noise\\n')", "os.write(2, b'Assertion failed: x (y.cpp:1)\\n')\nos._exit(code)"],
+    )
+    with pytest.raises(NotebookFailed) as info:
+        execute_notebook(source, tmp_path / "runs" / "dies.ipynb", progress=False)
+    message = str(info.value)
+    assert message.startswith("notebook dies.ipynb failed at cell 2 (\"os.write(2, b'Assertion failed: x (y.cpp:1)\\\\n')\"): DeadKernelError"), message
+    assert "(the kernel's last words: Assertion failed: x (y.cpp:1))" in message, message
+    captured = capfd.readouterr()
+    assert "native noise" not in captured.err and "Assertion failed" not in captured.err, captured.err
+
+
+@pytest.mark.slow
 def test_the_kernel_is_the_running_interpreter_whatever_kernelspecs_say(good, tmp_path, monkeypatch):
     """A user-level 'python3' kernelspec that points at a missing Python breaks plain papermill, not this."""
     import papermill

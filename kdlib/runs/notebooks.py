@@ -23,7 +23,9 @@ What papermill leaves loose, this makes strict:
   with the running interpreter (``sys.executable``). jupyter_client would look the name up among the
   installed kernelspecs, where a user-level ``python3`` spec can point at another Python; the venv's own
   spec says ``python`` and only works because jupyter_client swaps that word for ``sys.executable``.
-  Starting the interpreter directly needs no kernelspec at all on a fresh machine.
+  Starting the interpreter directly needs no kernelspec at all on a fresh machine. The kernel's own
+  standard error (C-level output; Python's goes into the notebook) is kept out of the caller's: its
+  last line joins the message when the kernel dies.
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ class NotebookFailed(KdlibError):
 
 
 @functools.cache
-def _interpreter_kernel_manager():
-    """An AsyncKernelManager subclass whose kernel is ``sys.executable -m ipykernel_launcher``."""
+def _interpreter_kernel_manager(stderr: int | None = None):
+    """An AsyncKernelManager subclass whose kernel is ``sys.executable -m ipykernel_launcher``, its
+    standard error going to file descriptor ``stderr`` (None: this process's)."""
     from jupyter_client import AsyncKernelManager
     from jupyter_client.kernelspec import KernelSpec
 
@@ -90,7 +93,28 @@ def _interpreter_kernel_manager():
                 )
             return self._kernel_spec
 
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if stderr is not None:
+                kw["stderr"] = stderr
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+
     return InterpreterKernelManager
+
+
+@contextlib.contextmanager
+def _kernel_stderr() -> Iterator[Any]:
+    """A temporary file for the kernel's own standard error (what its C libraries print, e.g. a libzmq
+    assertion as the kernel dies): the runner's stderr keeps its one line; the file's last line goes
+    into the message when the kernel dies."""
+    with tempfile.TemporaryFile(mode="w+b", prefix="kdlib-kernel-") as log:
+        yield log
+
+
+def _last_line(log) -> str:
+    log.flush()
+    log.seek(0)
+    lines = [line for line in log.read()[-4000:].decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
 
 
 def _check_kernel_available() -> None:
@@ -145,18 +169,27 @@ def check_parameters(source: str | os.PathLike, parameters: Mapping[str, Any]) -
 
 def _failed_cell(nb) -> tuple[int, str] | None:
     """(0-based index in the source notebook, first source line) of the cell that failed in an executed
-    notebook: the first with an error output, else the one papermill marked as raising or left running."""
+    notebook: the first with an error output, else the one papermill marked as raising or left running,
+    else the first that started and never had a reply (the kernel died in it)."""
     cells = [c for c in nb.cells if not _PAPERMILL_TAGS & set(c.get("metadata", {}).get("tags", []))]
     for test in (
         lambda c: any(o.get("output_type") == "error" for o in c.get("outputs", [])),
         lambda c: c.get("metadata", {}).get("papermill", {}).get("exception") is True,
         lambda c: c.get("metadata", {}).get("papermill", {}).get("status") == "running",
+        _never_replied,
     ):
         for index, cell in enumerate(cells):
             if test(cell):
                 lines = cell.source.strip().splitlines()
                 return index, (lines[0] if lines else "")
     return None
+
+
+def _never_replied(cell) -> bool:
+    """A code cell papermill ran (status "completed") whose execute reply never came: where a kernel died."""
+    ran = cell.get("metadata", {}).get("papermill", {}).get("status") == "completed"
+    return cell.get("cell_type") == "code" and bool(cell.source.strip()) and ran and \
+        "shell.execute_reply" not in cell.get("metadata", {}).get("execution", {})
 
 
 def _one_line(text: str, limit: int = 160) -> str:
@@ -226,15 +259,17 @@ def execute_notebook(
     params = check_parameters(source, parameters or {})
     cwd = source.resolve().parent if cwd is None else Path(cwd)
     start = time.perf_counter()
-    with _temporary_beside(output) as tmp:
+    with _temporary_beside(output) as tmp, _kernel_stderr() as log:
         try:
             papermill.execute_notebook(
                 str(source), str(tmp), parameters=params, cwd=str(cwd), progress_bar=progress,
                 start_timeout=start_timeout, execution_timeout=timeout,
-                kernel_manager_class=_interpreter_kernel_manager(),
+                kernel_manager_class=_interpreter_kernel_manager(log.fileno()),
             )
         except (papermill.PapermillExecutionError, CellTimeoutError, DeadKernelError) as exc:
             error = f"{exc.ename}: {exc.evalue}" if isinstance(exc, papermill.PapermillExecutionError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, DeadKernelError) and _last_line(log):
+                error += f" (the kernel's last words: {_last_line(log)})"
             kept = _settle(tmp, output)
             run = NotebookRun(source, output, "failed", time.perf_counter() - start, params, _one_line(error))
             raise NotebookFailed(_failure_message(source, output if kept else None, error), run) from None
