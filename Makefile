@@ -11,6 +11,11 @@ PARAMS ?= params/default.yaml
 STAMP  := $(VENV)/.installed
 
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+# make test runs tests/ on two pytest-xdist workers, one per core, each test file whole on one worker (its
+# module fixtures built once); TEST_WORKERS=0 runs them in one process. The notebooks build on each other
+# and share the checkout's outputs/, so nbval runs them afterwards, in order, in one process.
+TEST_WORKERS ?= 2
+XDIST  := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: setup study test test-fast notebooks world grid benchmarks study-time clean
 
@@ -31,8 +36,9 @@ study: setup
 
 # The unit tests, then nbval: the notebooks re-run from scratch on the tiny profile, every printed
 # number compared with the committed outputs (tests/nbval_sanitize.cfg replaces times, paths, run ids).
+# Both always run; the status is the first failure's.
 test: setup
-	$(PY) -m pytest tests notebooks $(NBVAL)
+	$(PY) -m pytest tests $(XDIST); status=$$?; $(PY) -m pytest notebooks $(NBVAL) && exit $$status
 
 # Re-execute the notebooks in place on the tiny profile, from scratch, without timestamps: the
 # committed outputs that nbval compares. An unchanged checkout regenerates them byte for byte.

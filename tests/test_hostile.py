@@ -114,8 +114,9 @@ PARAMS_TEXT_CASES = [
 
 
 # Both tools read params with the same load_study; the training tool is run on a sample of the cases.
-# A case is slow (about 4 s of imports) when the tool gets as far as importing torch: every kdlib.train
-# case, and "no runs", which kdlib.runs finds while checking the models.
+# kdlib.runs reads them before importing torch (a refusal takes a fraction of a second); a case is slow
+# (about 5 s of imports) when the tool gets as far as importing torch: every kdlib.train case (its
+# package imports torch), and "no runs", which kdlib.runs finds while checking the models.
 TOOL_CASES = [(["kdlib.runs", "run"], *case) for case in PARAMS_TEXT_CASES] + [
     (["kdlib.train"], *case) for case in PARAMS_TEXT_CASES if case[0] in
     ("empty file", "duplicate key", "infinite lr", "run name escapes", "teacher cycle", "no runs")
@@ -135,6 +136,18 @@ def test_bad_params_text_is_one_line_before_any_work(tmp_path, tool, label, text
     assert_one_line_refusal(proc, needle)
     assert tree(tmp_path) == before, "nothing written, not even a folder"
     assert not (tmp_path / "pwned").exists()
+
+
+def test_the_runner_refuses_bad_params_before_importing_torch(tmp_path):
+    """The refusal comes before the heavy imports (seconds of torch, torchvision, papermill): with a torch
+    that cannot be imported, the bad params are still the one line."""
+    fake = tmp_path / "no-torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch was imported')\n")
+    path = _write(tmp_path, "train: {epochs: 0}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(fake.parent), str(ROOT)])}
+    proc = subprocess.run([PY, "-m", "kdlib.runs", "run", str(path)], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert_one_line_refusal(proc, "train.epochs = 0 is out of range")
 
 
 def _write(folder: Path, text: str) -> Path:

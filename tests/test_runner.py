@@ -1,9 +1,9 @@
 """The papermill runner (``python -m kdlib.runs run``) on the tiny profile: every notebook executed into the
 run folder, a failing notebook stopping the run, a re-run recomputing nothing, ``--force`` redoing it all.
 
-One module fixture drives the sequence, each command a real subprocess: (1) a run with a copy of the
-notebooks whose ``01_teacher`` fails; (2) the real notebooks into the same folder; (3) the same command
-again; (4) ``--force``. Each test reads what one of them left. The study is params/tiny.yaml at one seed
+One module fixture drives the sequence, each command a real subprocess: (1) the notebooks into a folder
+an earlier failure left; (2) the same command again; (3) ``--force`` with a copy of the notebooks whose
+``01_teacher`` fails. Each test reads what one of them left. The study is params/tiny.yaml at one seed
 (four kernels' worth of runs; the nbval pass of ``make test`` runs the committed notebooks at all three).
 """
 
@@ -62,48 +62,59 @@ def _snapshot(folder: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in paths}
 
 
-def _tables(folder: Path) -> dict:
-    """The tables without their wall-time columns (``seconds``, ``cached``)."""
-    import pandas as pd
-
-    out = {}
-    for name in TABLES:
-        path = folder / "tables" / f"{name}.csv"
-        frame = pd.read_csv(path) if path.read_text().strip() else pd.DataFrame()
-        out[name] = frame.drop(columns=["seconds", "cached"], errors="ignore").to_csv(index=False)
-    return out
-
-
 def _outputs(nb_path: Path) -> list:
     nb = nbformat.read(nb_path, as_version=4)
     return [[o.get("text") or o.get("data", {}).get("text/plain") for o in c.outputs] for c in nb.cells if c.cell_type == "code"]
 
 
+def _first_run(folder: Path) -> dict:
+    """What a finished run left that the later commands remove or rewrite."""
+    injected, errors = {}, {}
+    for name in runner.NOTEBOOKS:
+        nb = nbformat.read(folder / "notebooks" / f"{name}.ipynb", as_version=4)
+        injected[name] = [c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        errors[name] = any(o.output_type == "error" for c in nb.cells for o in c.get("outputs", []))
+    return {
+        "injected": injected, "errors": errors, "html": (folder / "report.html").read_text(),
+        "done": layout.read_done(folder, "study"), "failed_left": (folder / "failed").exists(),
+        "sizes": {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()},
+        "files": {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".lock"},
+        "manifest": json.loads((folder / "manifest.json").read_text()),
+        "snapshot": _snapshot(folder),
+        "outputs": {n: _outputs(folder / "notebooks" / f"{n}.ipynb") for n in runner.NOTEBOOKS},
+    }
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """(1) a run over a folder an earlier failure left; (2) the same command again; (3) ``--force`` with a
+    copy of the notebooks whose 01_teacher fails before training: what --force removed is gone (what the
+    first run computed from nothing is what it would recompute) and the failure is one line."""
     tmp = tmp_path_factory.mktemp("runner")
     path = tiny_params(tmp, seeds=[0])
     folder = tmp / "outputs" / layout.run_id(runner.load(path))
     out = {"params": path, "folder": folder, "tmp": tmp}
-    out["failed"] = _cli("run", path, "--quiet", "--notebooks", _failing_copy(tmp / "broken"), cwd=tmp)
-    out["failed_marker"] = layout.read_failed(folder)
-    out["failed_manifest"] = json.loads((folder / "manifest.json").read_text())
-    out["failed_done"] = (folder / "done").exists()
+    layout.write_failed(folder, "study", notebook="01_teacher", message="an earlier run failed", output="")
     out["first"] = _cli("run", path, "--quiet", cwd=tmp)
-    out["first_snapshot"] = _snapshot(folder)
-    out["first_tables"] = _tables(folder)
-    out["first_outputs"] = {n: _outputs(folder / "notebooks" / f"{n}.ipynb") for n in runner.NOTEBOOKS}
-    out["first_manifest"] = json.loads((folder / "manifest.json").read_text())
-    out["first_files"] = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+    out["first_run"] = _first_run(folder) if out["first"].returncode == 0 else None
     out["again"] = _cli("run", path, "--quiet", cwd=tmp)
     out["again_snapshot"] = _snapshot(folder)
     out["again_outputs"] = {n: _outputs(folder / "notebooks" / f"{n}.ipynb") for n in runner.NOTEBOOKS}
     (folder / "figures" / "stale.png").write_bytes(b"not ours any more")
     (folder / "mine.txt").write_text("the user's")
     out["world_stamp"] = (tmp / "data" / "world-tiny-s0" / "manifest.json").stat().st_mtime_ns
-    out["forced"] = _cli("run", path, "--quiet", "--force", cwd=tmp)
-    out["forced_snapshot"] = _snapshot(folder)
+    out["failed"] = _cli("run", path, "--quiet", "--force", "--notebooks", _failing_copy(tmp / "broken"), cwd=tmp)
+    out["failed_snapshot"] = _snapshot(folder)
+    out["failed_marker"] = layout.read_failed(folder)
+    out["failed_manifest"] = json.loads((folder / "manifest.json").read_text())
+    out["failed_done"] = (folder / "done").exists()
     return out
+
+
+@pytest.fixture(scope="module")
+def first(runs):
+    assert runs["first"].returncode == 0, runs["first"].stderr[-3000:]
+    return runs["first_run"]
 
 
 @pytest.mark.slow
@@ -113,7 +124,7 @@ def test_a_failing_notebook_stops_the_run_with_one_line_and_a_failed_marker(runs
     output = folder / "notebooks" / "01_teacher.ipynb"
     line = f"error: notebook 01_teacher.ipynb failed at cell 3 ({FAILING!r}): ValueError: the teacher broke; executed notebook kept at {output}"
     assert proc.stderr.strip().splitlines()[-1] == line
-    assert not runs["failed_done"]
+    assert not runs["failed_done"], "the finished run's done is gone"
     marker = runs["failed_marker"]
     assert marker["kind"] == "study" and marker["notebook"] == "01_teacher" and marker["message"] == line[len("error: "):]
     notebooks = runs["failed_manifest"]["notebooks"]
@@ -123,27 +134,25 @@ def test_a_failing_notebook_stops_the_run_with_one_line_and_a_failed_marker(runs
 
 
 @pytest.mark.slow
-def test_a_run_executes_every_notebook_into_the_run_folder(runs):
+def test_a_run_executes_every_notebook_into_the_run_folder(runs, first):
     proc, folder = runs["first"], runs["folder"]
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-2:] == [f"study done: {folder}", f"report: {folder / 'report.html'}"]
     for name in runner.NOTEBOOKS:
-        nb = nbformat.read(folder / "notebooks" / f"{name}.ipynb", as_version=4)
-        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-        assert len(injected) == 1 and str(runs["params"]) in injected[0].source and str(folder) in injected[0].source
-        assert not any(o.output_type == "error" for c in nb.cells for o in c.get("outputs", []))
+        injected = first["injected"][name]
+        assert len(injected) == 1 and str(runs["params"]) in injected[0] and str(folder) in injected[0]
+        assert not first["errors"][name], name
     for name in FIGURES:
         for ext in ("png", "svg"):
-            assert (folder / "figures" / f"{name}.{ext}").stat().st_size > 1000, (name, ext)
+            assert first["sizes"].get(f"figures/{name}.{ext}", 0) > 1000, (name, ext)
     for name in TABLES:
-        assert (folder / "tables" / f"{name}.csv").stat().st_size > 10, name
-    assert len(list(folder.glob("runs/*/checkpoint.pt"))) == 1 + 3
-    assert (folder / "dissect" / "random-resnet8_w8-s0" / "dissect.json").is_file()
+        assert first["sizes"].get(f"tables/{name}.csv", 0) > 10, name
+    assert sum(1 for p in first["snapshot"] if p.name == "checkpoint.pt") == 1 + 3
+    assert "dissect/random-resnet8_w8-s0/dissect.json" in first["sizes"]
 
 
 @pytest.mark.slow
-def test_the_manifest_records_what_made_the_run_and_each_notebooks_time(runs):
-    manifest = runs["first_manifest"]
+def test_the_manifest_records_what_made_the_run_and_each_notebooks_time(first):
+    manifest = first["manifest"]
     assert list(manifest["notebooks"]) == list(runner.NOTEBOOKS)
     assert all(n["status"] == "ok" and n["wall_s"] > 0 for n in manifest["notebooks"].values())
     assert set(runner.NOTEBOOKS) | {"report.html"} <= set(manifest["timings_s"])
@@ -154,36 +163,31 @@ def test_the_manifest_records_what_made_the_run_and_each_notebooks_time(runs):
 
 
 @pytest.mark.slow
-def test_report_html_shows_outputs_without_code_and_done_is_written_last(runs):
-    folder = runs["folder"]
-    html = (folder / "report.html").read_text()
+def test_report_html_shows_outputs_without_code_and_done_is_written_last(runs, first):
+    folder, html = runs["folder"], first["html"]
     assert "Claims and verdicts" in html and "Of the 9 claims judged" in html and "data:image/png;base64" in html
     assert "open_study(" not in html and "notebook.show(" not in html, "no code cells in the report"
-    files = runs["first_files"]
+    files = first["files"]
     assert files[folder / "done"] == max(files.values()), "done is the last file written"
-    done = layout.read_done(folder, "study")
-    assert done["notebooks"] == list(runner.NOTEBOOKS) and done["run_id"] == folder.name
-    assert not (folder / "failed").exists(), "the successful run removed the earlier failure"
+    assert first["done"]["notebooks"] == list(runner.NOTEBOOKS) and first["done"]["run_id"] == folder.name
+    assert not first["failed_left"], "the successful run removed the earlier failure"
 
 
 @pytest.mark.slow
-def test_a_rerun_recomputes_nothing_and_prints_the_same_numbers(runs):
+def test_a_rerun_recomputes_nothing_and_prints_the_same_numbers(runs, first):
     assert runs["again"].returncode == 0, runs["again"].stderr[-3000:]
-    assert runs["first_snapshot"] and runs["again_snapshot"] == runs["first_snapshot"], "no network retrained, re-dissected or re-scored"
-    assert runs["again_outputs"] == runs["first_outputs"], "the notebooks print the same whether the steps ran or were read back"
+    assert first["snapshot"] and runs["again_snapshot"] == first["snapshot"], "no network retrained, re-dissected or re-scored"
+    assert runs["again_outputs"] == first["outputs"], "the notebooks print the same whether the steps ran or were read back"
 
 
 @pytest.mark.slow
-def test_force_redoes_every_step_and_keeps_the_world_and_foreign_files(runs):
+def test_force_removes_every_step_and_keeps_the_world_and_foreign_files(runs):
     folder = runs["folder"]
-    assert runs["forced"].returncode == 0, runs["forced"].stderr[-3000:]
-    assert runs["forced"].stdout.startswith("--force: removed runs, dissect, sensitivity, cache, tables, figures, notebooks, report.html, manifest.json, done")
-    before, after = runs["again_snapshot"], runs["forced_snapshot"]
-    assert set(after) == set(before) and all(after[p] != before[p] for p in before), "everything recomputed"
+    assert runs["failed"].stdout.startswith("--force: removed runs, dissect, sensitivity, cache, tables, figures, notebooks, report.html, manifest.json, done")
+    assert runs["failed_snapshot"] == {}, "no checkpoint, dissection, cached layer or measure survives --force"
     assert not (folder / "figures" / "stale.png").exists() and (folder / "mine.txt").read_text() == "the user's"
+    assert not (folder / "report.html").exists()
     assert (runs["tmp"] / "data" / "world-tiny-s0" / "manifest.json").stat().st_mtime_ns == runs["world_stamp"]
-    assert _tables(folder) == runs["first_tables"], "recomputed, the same numbers"
-    assert (folder / "done").is_file()
 
 
 def test_bad_params_are_one_line_before_anything_runs(tmp_path):

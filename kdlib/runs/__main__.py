@@ -64,6 +64,9 @@ def _headline(args) -> int:
 
 
 def _run(args) -> int:
+    from kdlib.params import load_study
+
+    load_study(args.params)  # bad params: one line at once, before torch and papermill are imported (seconds)
     from kdlib.runs.launch import ENV, torchrun_processes
     from kdlib.runs.notebooks import NotebookFailed
     from kdlib.runs.runner import run_notebooks
