@@ -1,10 +1,11 @@
 """The papermill runner (``python -m kdlib.runs run``) on the tiny profile: every notebook executed into the
-run folder, a failing notebook stopping the run, a re-run recomputing nothing, ``--force`` redoing it all.
+run folder, a failing notebook stopping the run, a re-run recomputing nothing, ``--force`` removing what
+the steps computed.
 
 One module fixture drives the sequence, each command a real subprocess: (1) the notebooks into a folder
 an earlier failure left; (2) the same command again; (3) ``--force`` with a copy of the notebooks whose
 ``01_teacher`` fails. Each test reads what one of them left. The study is params/tiny.yaml at one seed
-(four kernels' worth of runs; the nbval pass of ``make test`` runs the committed notebooks at all three).
+(the nbval pass of ``make test`` runs the committed notebooks at all three).
 """
 
 from __future__ import annotations

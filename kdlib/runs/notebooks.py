@@ -101,16 +101,8 @@ def _interpreter_kernel_manager(stderr: int | None = None):
     return InterpreterKernelManager
 
 
-@contextlib.contextmanager
-def _kernel_stderr() -> Iterator[Any]:
-    """A temporary file for the kernel's own standard error (what its C libraries print, e.g. a libzmq
-    assertion as the kernel dies): the runner's stderr keeps its one line; the file's last line goes
-    into the message when the kernel dies."""
-    with tempfile.TemporaryFile(mode="w+b", prefix="kdlib-kernel-") as log:
-        yield log
-
-
 def _last_line(log) -> str:
+    """The last non-blank line of the binary file ``log``, read from its start."""
     log.flush()
     log.seek(0)
     lines = [line for line in log.read()[-4000:].decode(errors="replace").splitlines() if line.strip()]
@@ -259,7 +251,9 @@ def execute_notebook(
     params = check_parameters(source, parameters or {})
     cwd = source.resolve().parent if cwd is None else Path(cwd)
     start = time.perf_counter()
-    with _temporary_beside(output) as tmp, _kernel_stderr() as log:
+    # the kernel's own stderr (what its C libraries print, e.g. a libzmq assertion as it dies) goes to a
+    # temporary file, so the caller's stderr keeps its one line; its last line names a death
+    with _temporary_beside(output) as tmp, tempfile.TemporaryFile(prefix="kdlib-kernel-") as log:
         try:
             papermill.execute_notebook(
                 str(source), str(tmp), parameters=params, cwd=str(cwd), progress_bar=progress,
@@ -268,8 +262,9 @@ def execute_notebook(
             )
         except (papermill.PapermillExecutionError, CellTimeoutError, DeadKernelError) as exc:
             error = f"{exc.ename}: {exc.evalue}" if isinstance(exc, papermill.PapermillExecutionError) else f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, DeadKernelError) and _last_line(log):
-                error += f" (the kernel's last words: {_last_line(log)})"
+            last_words = _last_line(log) if isinstance(exc, DeadKernelError) else ""
+            if last_words:
+                error += f" (the kernel's last words: {last_words})"
             kept = _settle(tmp, output)
             run = NotebookRun(source, output, "failed", time.perf_counter() - start, params, _one_line(error))
             raise NotebookFailed(_failure_message(source, output if kept else None, error), run) from None
