@@ -102,3 +102,26 @@ def test_a_layer_a_network_lacks_is_one_line_before_any_work(tmp_path):
     study = _study(tmp_path, {"five_band": {"methods": [{"name": "layer_gradcam", "layer": "layer9"}]}})
     with pytest.raises(KdlibError, match=r"metrics.five_band reads layer 'layer9'"):
         steps.metrics(study, StudyFolder.for_study(study), progress=False)
+
+
+@pytest.mark.slow
+def test_one_process_gives_what_two_workers_gave(tiny_metrics, tmp_path):
+    """The dissections and every score are the same computed here (jobs=1) as in two worker processes."""
+    import shutil
+
+    import torch
+
+    study, folder, frame = tiny_metrics
+    copy = StudyFolder(tmp_path / "copy")
+    shutil.copytree(folder.root, copy.root)
+    for computed in ("dissect", "cache/metrics", "cache/retrain", "cache/diffroar"):
+        shutil.rmtree(copy.root / computed)
+    alone = steps.dissect(study, copy, progress=False, jobs=1)
+    for name, result in steps.dissections(study, folder).items():
+        for layer in result:
+            for field in ("thresholds", "intersection", "activation_cat", "unit_area", "top_images"):
+                assert torch.equal(getattr(alone[name][layer], field), getattr(result[layer], field)), (name, layer, field)
+    here = steps.metrics(study, copy, progress=False, jobs=1)
+    assert not here.cached.any()
+    columns = [c for c in frame.columns if c not in ("seconds", "cached")]
+    pd.testing.assert_frame_equal(here[columns], frame[columns])

@@ -180,58 +180,70 @@ def _num_classes(study: StudyParams, folder: StudyFolder) -> int:
     return int(load(folder.run(first.key) / layout.CHECKPOINT, "checkpoint")["model"]["num_classes"])
 
 
-def dissect(study: StudyParams, folder: StudyFolder, progress: bool = True) -> dict[str, "DissectResult"]:  # noqa: F821
-    """Dissect every trained network and every null (see :func:`networks`) into ``dissect/<name>/``.
+def dissect(study: StudyParams, folder: StudyFolder, progress: bool = True, jobs: Optional[int] = None) -> dict[str, "DissectResult"]:  # noqa: F821
+    """Dissect every trained network and every null (see :func:`networks`) into ``dissect/<name>/``, in
+    up to ``jobs`` worker processes (default: one per core; :mod:`kdlib.runs.workers`).
 
     A network whose folder already holds a dissection made from the same weights, probe set and
     settings is read back instead of dissected again."""
     trained(study, folder)  # every network must be trained first: one line naming the missing one
-    return _dissect_networks(study, folder, study.dissect, folder.dissection, progress)
+    return _dissect_networks(study, folder, [(study.dissect, folder.dissection)], progress, jobs)[0]
 
 
-def _dissect_networks(study: StudyParams, folder: StudyFolder, settings, target_of, progress: bool) -> dict:
-    """Every network of :func:`networks` dissected with ``settings`` into ``target_of(name)``, or read back
-    when that folder holds a dissection of the same weights, probe set and settings."""
+def _dissect_networks(study: StudyParams, folder: StudyFolder, variants: list, progress: bool,
+                      jobs: Optional[int] = None) -> list[dict]:
+    """For each ``(settings, target_of)`` of ``variants``: every network of :func:`networks` dissected with
+    ``settings`` into ``target_of(name)``, unless that folder holds a dissection of the same weights, probe
+    set and settings; then all of them read back from their folders."""
     from kdlib.dissect import DissectResult
+
+    from kdlib.runs import workers
+
+    fingerprint = probe_set(study).fingerprint()
+    num_classes = _num_classes(study, folder)
+    todo = []
+    for settings, target_of in variants:
+        for net in networks(study):
+            key = {"weights": state_digest(net.load(folder, num_classes)), "probe": fingerprint, "settings": to_dict(settings)}
+            target = target_of(net.name)
+            done = layout.read_done(target, "dissect") if target.is_dir() else None
+            if done is None or done.get("key") != key:
+                todo.append((study, str(folder.root), net, settings, str(target), key))
+    if todo and not any(folder.cache.glob("labels/labels-*")):
+        _dissect_one(*todo.pop(0), progress=progress)  # decodes the probe labels once, for every worker
+    workers.run_items(_dissect_one, todo, f"dissecting {len(todo)} networks", jobs, progress)
+    return [{net.name: DissectResult.load(target_of(net.name)) for net in networks(study)} for _, target_of in variants]
+
+
+def _dissect_one(study: StudyParams, root: str, net: Network, settings, target: str, key: dict, progress: bool = False) -> None:
+    """One network dissected into ``target`` (its ``done`` marker holding ``key``); decoded probe labels are
+    cached once for the whole study in ``<study>/cache/labels``."""
     from kdlib.dissect import dissect as run_dissection
 
-    probe = probe_set(study)
-    fingerprint = probe.fingerprint()
-    num_classes = _num_classes(study, folder)
-    out = {}
-    for net in networks(study):
-        model = net.load(folder, num_classes)
-        key = {"weights": state_digest(model), "probe": fingerprint, "settings": to_dict(settings)}
-        target = target_of(net.name)
-        done = layout.read_done(target, "dissect") if target.is_dir() else None
-        if done is not None and done.get("key") == key:
-            out[net.name] = DissectResult.load(target)
-            continue
-        if target.is_dir():
-            layout.clear_done(target)
-        # decoded probe labels are cached once for the whole study in <study>/cache/labels
-        result = run_dissection(model, probe, settings, cache_dir=folder.cache, progress=progress)
-        result.meta.update(network=net.name, model=net.model, kind=net.kind, seed=net.seed)
-        result.save(target)
-        layout.write_done(target, "dissect", key=key)
-        out[net.name] = result
-    return out
+    folder, target = StudyFolder(Path(root)), Path(target)
+    if target.is_dir():
+        layout.clear_done(target)
+    result = run_dissection(net.load(folder, _num_classes(study, folder)), probe_set(study), settings,
+                            cache_dir=folder.cache, progress=progress)
+    result.meta.update(network=net.name, model=net.model, kind=net.kind, seed=net.seed)
+    result.save(target)
+    layout.write_done(target, "dissect", key=key)
 
 
-def quantile_sensitivity(study: StudyParams, folder: StudyFolder, progress: bool = True) -> pd.DataFrame:
+def quantile_sensitivity(study: StudyParams, folder: StudyFolder, progress: bool = True,
+                         jobs: Optional[int] = None) -> pd.DataFrame:
     """``tables/quantile_sensitivity.csv``: detectors (all categories) of every network in the last
     dissected layer at the study's quantile and at each of ``report.quantiles`` (dissected again into
-    ``sensitivity/quantile-<q>/<network>/``, cached like the dissection step), at both IoU thresholds."""
+    ``sensitivity/quantile-<q>/<network>/``, cached like the dissection step, in up to ``jobs`` worker
+    processes), at both IoU thresholds."""
     from dataclasses import replace
 
     layer = study.dissect.layers[-1]
-    by_quantile = {study.dissect.quantile: dissections(study, folder)}
-    for q in study.report.quantiles:
-        if q == study.dissect.quantile:
-            continue
-        settings = replace(study.dissect, quantile=q, layers=[layer])
-        root = folder.root / "sensitivity" / f"quantile-{q:g}"
-        by_quantile[q] = _dissect_networks(study, folder, settings, lambda name, root=root: root / name, progress)
+    others = sorted({q for q in study.report.quantiles if q != study.dissect.quantile})
+    variants = [(replace(study.dissect, quantile=q, layers=[layer]),
+                 lambda name, root=folder.root / "sensitivity" / f"quantile-{q:g}": root / name) for q in others]
+    by_quantile = {study.dissect.quantile: dissections(study, folder),
+                   **dict(zip(others, _dissect_networks(study, folder, variants, progress, jobs)))}
     rows = []
     for q, results in sorted(by_quantile.items()):
         for net in networks(study):
@@ -387,56 +399,112 @@ def save_figure(fig, folder: StudyFolder, name: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def metrics(study: StudyParams, folder: StudyFolder, progress: bool = True) -> pd.DataFrame:
+def metrics(study: StudyParams, folder: StudyFolder, progress: bool = True, jobs: Optional[int] = None) -> pd.DataFrame:
     """``tables/metrics.csv``: the ``metrics:`` section's measures on the networks it names (default:
     every trained network; DiffROAR: the first seed's students), one row per network, measure, setting
     and score, with the score's direction and the seconds its computation took.
 
-    Each (network, measure) result is cached in ``cache/metrics/<network>/<measure>.json`` under a key
-    of the network's and its reference teacher's weights, the measure's params, the data and the
-    dissection it read, so a re-run recomputes nothing; DiffROAR's retrainings are cached in
-    ``cache/retrain`` and its keep-masks in ``cache/diffroar``."""
-    import time
-
+    The networks are measured in up to ``jobs`` worker processes (default: one per core on the CPU, one
+    on CUDA; :mod:`kdlib.runs.workers`), DiffROAR's first, each at one torch thread on the CPU, so the
+    scores do not depend on ``jobs``. Each (network, measure) result is cached in
+    ``cache/metrics/<network>/<measure>.json`` under a key of the network's and its reference teacher's
+    weights, the measure's params, the data and the dissection it read, so a re-run recomputes nothing;
+    DiffROAR's retrainings are cached in ``cache/retrain`` and its keep-masks in ``cache/diffroar``."""
     from kdlib.device import resolve_device
-    from kdlib.metrics import MapCache, build, suite
+    from kdlib.metrics import suite
+    from kdlib.runs import workers
 
-    m = study.metrics
     suite.check_metrics(study)
     trained(study, folder)
-    chosen = {name: {i.key for i in suite.networks_for(study, name)} for name in m.measures}
-    measures = {name: build(name, m.section(name)) for name in m.measures}
-    data = suite.StudyData(study, world(study, folder) or Path(study.data.imagefolder))
-    device = resolve_device(m.device, "metrics.device")
-    maps = None
+    wanted = _measures_wanted(study, folder)
     cache = suite.ResultCache(folder.cache / "metrics")
+    todo = [(study, str(folder.root), inst.key, names) for inst, keys in wanted
+            if (names := [n for n, key in keys.items() if cache.get(inst.key, n, key) is None])]
+    todo.sort(key=lambda item: "diffroar" not in item[3])  # the longest first
+    if resolve_device(study.metrics.device, "metrics.device").type == "cuda":
+        jobs = 1  # one GPU: one process
+    try:
+        workers.run_items(_measure_network, todo, f"measuring {len(todo)} networks", jobs, progress)
+    finally:
+        _MEASURING.clear()
+    fresh = {(item[2], n) for item in todo for n in item[3]}
     rows = []
-    for inst in study.instances():
-        names = [n for n in m.measures if inst.key in chosen[n]]
-        if not names:
-            continue
-        net = _metric_network(study, folder, inst)
-        if maps is not None:
-            maps.keep({net["weights"], net["reference_weights"]})  # the teacher's maps serve every student
-        for name in names:
-            key = suite.cache_key(measures[name], net["weights"], net["reference_weights"], data, net["dissection_key"],
-                                  {"retrain": to_dict(m.diffroar.retrain)} if name == "diffroar" else None)
+    for inst, keys in wanted:
+        for name, key in keys.items():
             record = cache.get(inst.key, name, key)
-            cached = record is not None
-            if record is None:
-                maps = maps or MapCache(data.eval.images, data.eval.labels, m.batch_size, device)
-                start = time.perf_counter()
-                scores = measures[name].evaluate(_metric_inputs(study, folder, inst, name, net, data, maps, progress))
-                record = cache.put(inst.key, name, key, scores, time.perf_counter() - start, len(data.eval.labels))
-            rows += suite.table_rows(inst, measures[name], record, cached)
+            rows += suite.table_rows(inst, _measure(study, name), record, (inst.key, name) not in fresh)
     frame = pd.DataFrame(rows)
     write_table(folder.table("metrics"), frame)
     return frame
 
 
-def _metric_network(study: StudyParams, folder: StudyFolder, inst: RunInstance) -> dict:
-    """A trained network, its reference teacher and its dissection (when the dissect step saved one),
-    with the digests that key its cached measures."""
+def _measure(study: StudyParams, name: str):
+    from kdlib.metrics import build
+
+    return build(name, study.metrics.section(name))
+
+
+def _measures_wanted(study: StudyParams, folder: StudyFolder) -> list[tuple[RunInstance, dict]]:
+    """Every network the ``metrics:`` section measures, with the cache key of each of its measures."""
+    from kdlib.metrics import suite
+
+    m = study.metrics
+    data = _study_data(study, folder)
+    out = []
+    for inst in study.instances():
+        names = [n for n in m.measures if inst.key in {i.key for i in suite.networks_for(study, n)}]
+        if names:
+            net = _metric_network(study, folder, inst, load_dissection=False)
+            out.append((inst, {n: _measure_key(study, n, net, data) for n in names}))
+    return out
+
+
+def _study_data(study: StudyParams, folder: StudyFolder):
+    from kdlib.metrics import suite
+
+    return suite.StudyData(study, world(study, folder) or Path(study.data.imagefolder))
+
+
+def _measure_key(study: StudyParams, name: str, net: dict, data) -> dict:
+    from kdlib.metrics import suite
+
+    extra = {"retrain": to_dict(study.metrics.diffroar.retrain)} if name == "diffroar" else None
+    return suite.cache_key(_measure(study, name), net["weights"], net["reference_weights"], data, net["dissection_key"], extra)
+
+
+_MEASURING: dict = {}  # per process: the study's data and attribution maps, kept from one network to the next
+MEASURE_THREADS = 1  # torch threads of a measure on the CPU, in every process (results depend on it)
+
+
+def _measure_network(study: StudyParams, root: str, key: str, names: list[str], progress: bool = False) -> None:
+    """Measures ``names`` of network ``key`` computed and written to the result cache. The maps of its
+    reference teacher stay in this process for the next student of the same teacher."""
+    import time
+
+    from kdlib.device import resolve_device, torch_threads
+    from kdlib.metrics import MapCache, suite
+
+    folder, inst, m = StudyFolder(Path(root)), study.instance(key), study.metrics
+    if _MEASURING.get("root") != root:
+        _MEASURING.clear()
+        _MEASURING.update(root=root, data=_study_data(study, folder))
+    data = _MEASURING["data"]
+    net = _metric_network(study, folder, inst)
+    device = resolve_device(m.device, "metrics.device")
+    maps = _MEASURING.get("maps") or MapCache(data.eval.images, data.eval.labels, m.batch_size, device)
+    maps.keep({net["weights"], net["reference_weights"]})  # the teacher's maps serve every student
+    _MEASURING["maps"] = maps
+    cache = suite.ResultCache(folder.cache / "metrics")
+    for name in names:
+        with torch_threads(MEASURE_THREADS if device.type == "cpu" else None):
+            start = time.perf_counter()
+            scores = _measure(study, name).evaluate(_metric_inputs(study, folder, inst, name, net, data, maps, progress))
+        cache.put(inst.key, name, _measure_key(study, name, net, data), scores, time.perf_counter() - start, len(data.eval.labels))
+
+
+def _metric_network(study: StudyParams, folder: StudyFolder, inst: RunInstance, load_dissection: bool = True) -> dict:
+    """A trained network, its reference teacher and its dissection (when the dissect step saved one;
+    not read when ``load_dissection`` is false), with the digests that key its cached measures."""
     from kdlib.dissect import DissectResult
     from kdlib.metrics import suite
     from kdlib.models.checkpoint import load_model
@@ -448,7 +516,7 @@ def _metric_network(study: StudyParams, folder: StudyFolder, inst: RunInstance) 
     done = layout.read_done(target, "dissect") if target.is_dir() else None
     return {"model": model, "weights": state_digest(model), "reference": reference,
             "reference_weights": state_digest(reference) if reference is not None else None,
-            "dissection": DissectResult.load(target) if done is not None else None,
+            "dissection": DissectResult.load(target) if done is not None and load_dissection else None,
             "dissection_key": done.get("key") if done is not None else None}
 
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
-import signal
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Optional, Sequence
 from tqdm.auto import tqdm
 
 from kdlib import layout
+from kdlib.device import available_cores, die_with_parent
 from kdlib.errors import KdlibError
 from kdlib.locks import folder_lock
 from kdlib.losses import build_objective
@@ -124,8 +123,7 @@ def check_stacks(study: StudyParams, groups: Sequence[Group]) -> None:
 
 def default_jobs(study: StudyParams) -> int:
     """As many processes as the machine has cores for ``train.threads`` threads each."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // study.train.threads)
+    return max(1, available_cores() // study.train.threads)
 
 
 def fit_study(study: StudyParams, folder: "layout.StudyFolder", names: Optional[list[str]] = None,
@@ -185,20 +183,9 @@ def _train_group(study: StudyParams, folder: "layout.StudyFolder", group: Group,
         return fit_stack(study, list(group.insts), folders, teachers, progress, on_epoch)
 
 
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when the process that started it dies (a killed ``fit_study``
-    must not leave trainings running that would race its resumed successor)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _worker(study: StudyParams, root: str, keys: list[str], messages) -> None:
     """A training process: one group; reports each epoch, then the results or the error, on ``messages``."""
-    _die_with_parent()
+    die_with_parent()
     group = Group(tuple(study.instance(k) for k in keys), frozenset())
     try:
         results = _train_group(study, layout.StudyFolder(Path(root)), group, False,
