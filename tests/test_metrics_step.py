@@ -33,8 +33,8 @@ def tiny_metrics(tmp_path_factory):
     folder = StudyFolder.for_study(study)
     steps.world(study, folder)
     steps.train(study, folder, progress=False)
-    steps.dissect(study, folder, progress=False)
-    return study, folder, steps.metrics(study, folder, progress=False)
+    steps.dissect(study, folder, progress=False, jobs=2)  # a tiny study would run in one process by default
+    return study, folder, steps.metrics(study, folder, progress=False, jobs=2)
 
 
 @pytest.mark.slow

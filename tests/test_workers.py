@@ -55,3 +55,10 @@ def test_a_worker_that_dies_is_one_line(tmp_path):
 
 def test_no_items_start_no_worker(tmp_path):
     workers.run_items(_die, [], "nothing", jobs=2, progress=False)
+
+
+def test_small_work_stays_in_one_process_and_large_work_takes_every_core(monkeypatch):
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
+    assert workers.default_jobs(20, 48) == 1  # a tiny study's probe set: starting workers costs more
+    assert workers.default_jobs(21, 2400) == 2
+    assert workers.default_jobs(1, 100_000) == 1  # never more workers than items

@@ -199,8 +199,8 @@ def _dissect_networks(study: StudyParams, folder: StudyFolder, variants: list, p
 
     from kdlib.runs import workers
 
-    fingerprint = probe_set(study).fingerprint()
-    num_classes = _num_classes(study, folder)
+    probe = probe_set(study)
+    fingerprint, num_classes = probe.fingerprint(), _num_classes(study, folder)
     todo = []
     for settings, target_of in variants:
         for net in networks(study):
@@ -211,7 +211,7 @@ def _dissect_networks(study: StudyParams, folder: StudyFolder, variants: list, p
                 todo.append((study, str(folder.root), net, settings, str(target), key))
     if todo and not any(folder.cache.glob("labels/labels-*")):
         _dissect_one(*todo.pop(0), progress=progress)  # decodes the probe labels once, for every worker
-    workers.run_items(_dissect_one, todo, f"dissecting {len(todo)} networks", jobs, progress)
+    workers.run_items(_dissect_one, todo, f"dissecting {len(todo)} networks", jobs, progress, len(probe))
     return [{net.name: DissectResult.load(target_of(net.name)) for net in networks(study)} for _, target_of in variants]
 
 
@@ -424,7 +424,8 @@ def metrics(study: StudyParams, folder: StudyFolder, progress: bool = True, jobs
     if resolve_device(study.metrics.device, "metrics.device").type == "cuda":
         jobs = 1  # one GPU: one process
     try:
-        workers.run_items(_measure_network, todo, f"measuring {len(todo)} networks", jobs, progress)
+        images = len(_study_data(study, folder).eval.labels)
+        workers.run_items(_measure_network, todo, f"measuring {len(todo)} networks", jobs, progress, images)
     finally:
         _MEASURING.clear()
     fresh = {(item[2], n) for item in todo for n in item[3]}

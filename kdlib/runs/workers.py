@@ -22,9 +22,15 @@ from kdlib.device import available_cores, die_with_parent
 from kdlib.errors import KdlibError
 
 
-def default_jobs(items: int) -> int:
-    """One worker per core, never more than there are items."""
-    return max(1, min(available_cores(), items))
+# A worker spends about 18 s of CPU importing torch before its first item: below this many images per
+# worker (what a step's items read in all), the caller's process alone finishes sooner.
+MIN_IMAGES_PER_WORKER = 10_000
+
+
+def default_jobs(items: int, images_per_item: int) -> int:
+    """One worker per core, never more than there are items, and one process (no worker) when the items
+    read fewer than :data:`MIN_IMAGES_PER_WORKER` images per worker (a tiny study)."""
+    return max(1, min(available_cores(), items, items * images_per_item // MIN_IMAGES_PER_WORKER))
 
 
 def _start_worker() -> None:
@@ -35,14 +41,15 @@ def _start_worker() -> None:
 
 
 def run_items(fn: Callable[..., Any], items: Sequence[tuple], desc: str, jobs: Optional[int] = None,
-              progress: bool = True) -> None:
-    """``fn(*item)`` for every item, in this process when ``jobs`` (default :func:`default_jobs`) is 1, else
+              progress: bool = True, images_per_item: int = MIN_IMAGES_PER_WORKER) -> None:
+    """``fn(*item)`` for every item, in this process when ``jobs`` (default :func:`default_jobs` of the
+    items and the images each reads) is 1, else
     in up to ``jobs`` spawned workers taking the items in the given order (put the longest first). The
     first failure stops the rest: a :class:`KdlibError` is raised as it is (one line), a worker that dies
     becomes one line saying that finished items are kept."""
     if not items:
         return
-    jobs = default_jobs(len(items)) if jobs is None else max(1, min(jobs, len(items)))
+    jobs = default_jobs(len(items), images_per_item) if jobs is None else max(1, min(jobs, len(items)))
     label = f"{desc}, {jobs} process{'es' if jobs > 1 else ''}"
     bar = tqdm(total=len(items), desc=label, disable=not progress)
     try:
