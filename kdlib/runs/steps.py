@@ -416,7 +416,8 @@ def metrics(study: StudyParams, folder: StudyFolder, progress: bool = True, jobs
 
     suite.check_metrics(study)
     trained(study, folder)
-    wanted = _measures_wanted(study, folder)
+    data = _study_data(study, folder)
+    wanted = _measures_wanted(study, folder, data)
     cache = suite.ResultCache(folder.cache / "metrics")
     todo = [(study, str(folder.root), inst.key, names) for inst, keys in wanted
             if (names := [n for n, key in keys.items() if cache.get(inst.key, n, key) is None])]
@@ -424,8 +425,7 @@ def metrics(study: StudyParams, folder: StudyFolder, progress: bool = True, jobs
     if resolve_device(study.metrics.device, "metrics.device").type == "cuda":
         jobs = 1  # one GPU: one process
     try:
-        images = len(_study_data(study, folder).eval.labels)
-        workers.run_items(_measure_network, todo, f"measuring {len(todo)} networks", jobs, progress, images)
+        workers.run_items(_measure_network, todo, f"measuring {len(todo)} networks", jobs, progress, len(data.eval.labels))
     finally:
         _MEASURING.clear()
     fresh = {(item[2], n) for item in todo for n in item[3]}
@@ -445,12 +445,11 @@ def _measure(study: StudyParams, name: str):
     return build(name, study.metrics.section(name))
 
 
-def _measures_wanted(study: StudyParams, folder: StudyFolder) -> list[tuple[RunInstance, dict]]:
+def _measures_wanted(study: StudyParams, folder: StudyFolder, data) -> list[tuple[RunInstance, dict]]:
     """Every network the ``metrics:`` section measures, with the cache key of each of its measures."""
     from kdlib.metrics import suite
 
     m = study.metrics
-    data = _study_data(study, folder)
     out = []
     for inst in study.instances():
         names = [n for n in m.measures if inst.key in {i.key for i in suite.networks_for(study, n)}]
